@@ -149,9 +149,9 @@ class Reader:
         return tuple(self.int(what + " shape") for _ in range(4))  # type: ignore[return-value]
 
     def matrix(self, what: str = "a matrix") -> np.ndarray:
-        """dlib::matrix<float or double>: -nr, -nc, then row-major values."""
+        """dlib::matrix<float or double>: -nr, -nc (older files: nr, nc), then row-major values."""
         start = self.pos
-        nr, nc = -self.int(what + " rows"), -self.int(what + " cols")
+        nr, nc = abs(self.int(what + " rows")), abs(self.int(what + " cols"))
         if nr < 0 or nc < 0 or nr * nc > len(self.data):
             raise self.error(f"bad matrix shape ({nr}, {nc}) in {what}", start)
         return np.array([self.float(what) for _ in range(nr * nc)], dtype=np.float64).reshape(nr, nc)
@@ -436,6 +436,8 @@ def read_shape_predictor(path: str | os.PathLike, data: bytes | None = None) -> 
     num_parts = init.shape[0] // 2
     limit = len(data)
     n_casc = _vector_len(r, "cascade", limit)
+    if n_casc == 0:
+        raise r.error("the shape predictor has no cascades")
     splits_idx, splits_thresh, leaves = [], [], []
     for c in range(n_casc):
         n_trees = _vector_len(r, "tree", limit)
