@@ -7,7 +7,7 @@ from typing import Iterable
 
 from absl import flags
 
-from idguardian_jax import images
+from idguardian_jax import images, samples
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -24,12 +24,19 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
 def list_inputs(paths: Iterable[str]) -> list[tuple[str, str]]:
     """Expand files and folders into (path to open, path to report).
 
-    A file is reported as given; a folder is walked recursively (sorted, hidden entries skipped),
+    A file is reported as given; `sample:NAME` by the sample file's name; a folder is walked recursively (sorted, hidden entries skipped),
     keeping files with an image extension, each reported relative to that folder. A missing path
     is kept, so that reading it reports the error.
     """
     out: list[tuple[str, str]] = []
     for p in paths:
+        if samples.is_sample(p):
+            try:
+                out.append((samples.resolve(p), os.path.basename(samples.resolve(p))))
+            except FileNotFoundError as e:
+                out.append((p, p))
+                sys.stderr.write(f"error: {e}\n")
+            continue
         if os.path.isdir(p):
             for root, dirs, files in os.walk(p):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))

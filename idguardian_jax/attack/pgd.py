@@ -1,0 +1,101 @@
+"""The PGD engine: init, step (optax), projection, and the loop inside one jit.
+
+A perturbation `delta` lives on a photo region `x` (float32 in [0, 1], (H, W, C)). Each step:
+
+  g      = grad loss(delta, key_i)                 (loss to minimize; pure, jittable)
+  delta += optimizer update(g)                     (sign steps by default, or Adam)
+  delta  = support * clip(delta, -eps, eps)        (L_inf ball, optax.projections)
+  delta  = clip(x + delta, 0, 1) - x               ([0, 1] box)
+
+`support` (H, W) zeroes the perturbation where no view samples the photo, so those pixels stay
+exactly as they were. The loop is a `lax.scan` (per-step losses come back for diagnostics).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax import projections
+
+
+@dataclasses.dataclass(frozen=True)
+class PGDConfig:
+    """eps: L_inf budget on [0, 1] pixels. step_size: first step (sign: per-pixel change).
+
+    optimizer: 'sign' (signed gradient, the classic PGD step) or 'adam'.
+    schedule: 'constant', 'cosine' (decays to final_fraction x step_size) or 'linear'.
+    random_start: start from uniform noise in the budget (inside the support) instead of zero.
+    """
+
+    eps: float = 4 / 255
+    steps: int = 100
+    step_size: float = 1 / 255
+    optimizer: str = "sign"
+    schedule: str = "constant"
+    final_fraction: float = 0.1
+    random_start: bool = False
+
+    def __post_init__(self):
+        if not 0 < self.eps <= 1:
+            raise ValueError(f"eps must be in (0, 1], got {self.eps}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.optimizer not in ("sign", "adam"):
+            raise ValueError(f"optimizer must be 'sign' or 'adam', got {self.optimizer!r}")
+        if self.schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"schedule must be constant, cosine or linear, got {self.schedule!r}")
+
+
+def make_schedule(cfg: PGDConfig) -> optax.Schedule:
+    if cfg.schedule == "constant":
+        return optax.constant_schedule(cfg.step_size)
+    if cfg.schedule == "cosine":
+        return optax.cosine_decay_schedule(cfg.step_size, max(cfg.steps, 1), alpha=cfg.final_fraction)
+    return optax.linear_schedule(cfg.step_size, cfg.step_size * cfg.final_fraction, max(cfg.steps, 1))
+
+
+def make_optimizer(cfg: PGDConfig) -> optax.GradientTransformation:
+    """An optax transformation whose updates are added to delta (it minimizes the loss)."""
+    if cfg.optimizer == "sign":
+        return optax.sign_sgd(make_schedule(cfg))
+    return optax.adam(make_schedule(cfg))
+
+
+def project(delta: jax.Array, x: jax.Array, eps: float, support: jax.Array | None = None) -> jax.Array:
+    """Onto the L_inf ball of radius eps, the support, and the [0, 1] box of x + delta."""
+    delta = projections.projection_linf_ball(delta, eps)
+    if support is not None:
+        delta = delta * support[..., None]
+    return projections.projection_box(x + delta, 0.0, 1.0) - x
+
+
+def init_delta(x: jax.Array, key: jax.Array, cfg: PGDConfig, support: jax.Array | None) -> jax.Array:
+    if not cfg.random_start:
+        return jnp.zeros_like(x)
+    noise = jax.random.uniform(key, x.shape, x.dtype, -cfg.eps, cfg.eps)
+    return project(noise, x, cfg.eps, support)
+
+
+def run_pgd(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, key: jax.Array,
+            cfg: PGDConfig, support: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Minimize loss_fn(delta, key) over the budget. Returns (delta, losses (steps,)).
+
+    Jittable and vmappable: call it inside jit/vmap with a per-photo key.
+    """
+    opt = make_optimizer(cfg)
+    k_init, k_loop = jax.random.split(key)
+    delta = init_delta(x, k_init, cfg, support)
+    state = opt.init(delta)
+
+    def step(carry, i):
+        delta, state = carry
+        loss, g = jax.value_and_grad(loss_fn)(delta, jax.random.fold_in(k_loop, i))
+        updates, state = opt.update(g, state, delta)
+        delta = project(delta + updates, x, cfg.eps, support)
+        return (delta, state), loss
+
+    (delta, _), losses = jax.lax.scan(step, (delta, state), jnp.arange(cfg.steps))
+    return delta, losses
