@@ -246,3 +246,14 @@ def load(path: str | os.PathLike | None = None, use_cache: bool = True) -> dict[
 
 def param_count(params: dict[str, Any]) -> int:
     return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params["net"])))
+
+
+def _register():
+    import encoders
+
+    return encoders.register(encoders.Encoder(
+        name=NAME, chip_size=CHIP_SIZE, view="dlib", padding=CHIP_PADDING,
+        load=load, apply=apply, distance="euclidean", threshold=THRESHOLD, embed_dim=EMBED_DIM))
+
+
+ENCODER = _register()

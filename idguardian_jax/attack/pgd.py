@@ -8,7 +8,10 @@ A perturbation `delta` lives on a photo region `x` (float32 in [0, 1], (H, W, C)
   delta  = clip(x + delta, 0, 1) - x               ([0, 1] box)
 
 `support` (H, W) zeroes the perturbation where no view samples the photo, so those pixels stay
-exactly as they were. The loop is a `lax.scan` (per-step losses come back for diagnostics).
+exactly as they were. `run_pgd` runs the whole loop as one `lax.scan` inside the caller's jit;
+`init` and `step` are the same loop one step at a time, for a host-driven loop (see
+idguardian_jax.engine: XLA:CPU runs convolutions inside while-loop bodies ~3x slower than the same
+step jitted alone, so on CPU the engine calls a jitted step from Python instead).
 """
 from __future__ import annotations
 
@@ -79,23 +82,32 @@ def init_delta(x: jax.Array, key: jax.Array, cfg: PGDConfig, support: jax.Array 
     return project(noise, x, cfg.eps, support)
 
 
-def run_pgd(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, key: jax.Array,
-            cfg: PGDConfig, support: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """Minimize loss_fn(delta, key) over the budget. Returns (delta, losses (steps,)).
-
-    Jittable and vmappable: call it inside jit/vmap with a per-photo key.
-    """
-    opt = make_optimizer(cfg)
+def init(x: jax.Array, key: jax.Array, cfg: PGDConfig, support: jax.Array | None = None):
+    """The loop state (delta, optimizer state, loop key) before the first step."""
     k_init, k_loop = jax.random.split(key)
     delta = init_delta(x, k_init, cfg, support)
-    state = opt.init(delta)
+    return delta, make_optimizer(cfg).init(delta), jax.random.key_data(k_loop)
 
-    def step(carry, i):
-        delta, state = carry
-        loss, g = jax.value_and_grad(loss_fn)(delta, jax.random.fold_in(k_loop, i))
-        updates, state = opt.update(g, state, delta)
-        delta = project(delta + updates, x, cfg.eps, support)
-        return (delta, state), loss
 
-    (delta, _), losses = jax.lax.scan(step, (delta, state), jnp.arange(cfg.steps))
-    return delta, losses
+def step(carry, i: jax.Array, loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array,
+         cfg: PGDConfig, support: jax.Array | None = None):
+    """One PGD step at step index i (a traced int): returns (new carry, loss before the step)."""
+    delta, state, key_data = carry
+    k = jax.random.fold_in(jax.random.wrap_key_data(key_data), i)
+    loss, g = jax.value_and_grad(loss_fn)(delta, k)
+    updates, state = make_optimizer(cfg).update(g, state, delta)
+    delta = project(delta + updates, x, cfg.eps, support)
+    return (delta, state, key_data), loss
+
+
+def run_pgd(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, key: jax.Array,
+            cfg: PGDConfig, support: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Minimize loss_fn(delta, key) over the budget, the whole loop in one `lax.scan`.
+
+    Returns (delta, losses (steps,)). Jittable and vmappable: call it inside jit/vmap with a
+    per-photo key. `init` + `step` give the same iterates one step at a time (for a host loop).
+    """
+    carry = init(x, key, cfg, support)
+    carry, losses = jax.lax.scan(
+        lambda c, i: step(c, i, loss_fn, x, cfg, support), carry, jnp.arange(cfg.steps))
+    return carry[0], losses

@@ -1,0 +1,110 @@
+"""The protection objective of one photo: a pure function of the perturbation.
+
+  loss(delta) = sum over encoders e, faces f of  w_e * term(encoder_e(view_{e,f}(x + delta)))
+
+view_{e,f} is the differentiable dlib-faithful chip of face f for encoder e (with random
+re-alignment jitter, since the attacker finds the landmarks again on the protected photo), and the
+term is identity confusion (away from the clean embedding, or toward a decoy). Everything here is
+jittable and free of Python side effects; the static structure (groups) comes from views.PhotoPlan.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import zlib
+
+import jax
+import jax.numpy as jnp
+
+import encoders as encoder_registry
+from idguardian_jax.faces import warp
+from idguardian_jax.losses import identity
+from idguardian_jax.views import ViewGroup
+
+
+@dataclasses.dataclass(frozen=True)
+class Jitter:
+    """Random re-alignment per step: uniform shift (photo pixels), rotation (rad), scale (rel.)."""
+
+    shift_px: float = 0.0
+    rotation: float = 0.0
+    scale: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.shift_px or self.rotation or self.scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """encoders: ((name, weight), ...). objective: 'away' or 'decoy'. cap: see identity_confusion.
+
+    quantize: the loop sees the photo as it will be written (8-bit, straight-through rounding).
+    """
+
+    encoders: tuple[tuple[str, float], ...] = (("dlib_resnet", 1.0),)
+    objective: str = "away"
+    cap: float | None = None
+    quantize: bool = True
+    jitter: Jitter = Jitter()
+
+
+def photo_views(x01: jax.Array, arrays: dict, groups: tuple[ViewGroup, ...], key: jax.Array | None,
+                jitter: Jitter, quantize: bool) -> jax.Array:
+    """Every face chip of one encoder, (F, rows, cols, 3) float32 in [0, 1].
+
+    x01: (H, W, 3) region in [0, 1]; arrays/groups: from PhotoPlan for that encoder.
+    With a key and an active jitter, each chip is re-aligned at random.
+    """
+    x255 = warp.quantize_uint8_st(x01) if quantize else jnp.clip(x01, 0, 1) * 255.0
+    chips, at = [], 0
+    for gi, g in enumerate(groups):
+        sl = slice(at, at + g.count)
+        at += g.count
+        affine = arrays["affine"][sl]
+        if key is not None and jitter.active:
+            keys = jax.random.split(jax.random.fold_in(key, gi), g.count)
+
+            def jit_one(a, k, s):
+                return warp.jitter_affine(a, k, g.rows, g.cols, jitter.shift_px * s,
+                                          jitter.rotation, jitter.scale)
+
+            affine = jax.vmap(jit_one)(affine, keys, arrays["chip_per_px"][sl])
+        sample = functools.partial(warp.sample_view, window=g.window, n_down=g.n_down,
+                                   rows=g.rows, cols=g.cols)
+        chips.append(jax.vmap(sample, in_axes=(None, 0, 0, 0))(
+            x255, arrays["start"][sl], affine, arrays["level_shape"][sl]))
+    return jnp.concatenate(chips, axis=0) / 255.0
+
+
+def photo_embeddings(x01, arrays, groups, params, key, cfg: ObjectiveConfig, jitter: Jitter):
+    """encoder name -> (F, E) embeddings of every face's view."""
+    out = {}
+    for name, _ in cfg.encoders:
+        enc = encoder_registry.get(name)
+        chips = photo_views(x01, arrays[name], groups[name],
+                            None if key is None else jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF),
+                            jitter, cfg.quantize)
+        out[name] = enc.apply(params[name], chips)
+    return out
+
+
+def photo_loss(delta, x01, arrays, clean, decoy, params, key, *, groups, cfg: ObjectiveConfig):
+    """Scalar loss of one photo region to minimize (mean over faces of the weighted terms)."""
+    embs = photo_embeddings(x01 + delta, arrays, groups, params, key, cfg, cfg.jitter)
+    total, count = 0.0, 0
+    for name, weight in cfg.encoders:
+        enc = encoder_registry.get(name)
+        d = None if cfg.objective == "away" else decoy[name]
+        terms = identity.identity_confusion(embs[name], clean[name], enc.distance, d, cfg.cap)
+        total = total + weight * jnp.sum(terms)
+        count = max(count, terms.shape[0])
+    return total / max(count, 1)
+
+
+def photo_distances(delta, x01, arrays, clean, params, *, groups, cfg: ObjectiveConfig):
+    """encoder name -> (F,) distance of each protected view (no jitter) to its clean embedding."""
+    embs = photo_embeddings(x01 + delta, arrays, groups, params, None, cfg, Jitter())
+    return {name: identity.embedding_distance(embs[name], clean[name],
+                                              encoder_registry.get(name).distance)
+            for name, _ in cfg.encoders}

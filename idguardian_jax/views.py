@@ -1,0 +1,133 @@
+"""Planning each encoder's view of each face, with static shapes for the jitted loop.
+
+Faces are found and aligned once, on the clean photo. For each (encoder, face) the plan fixes
+what dlib's extraction does (crop box, pyramid depth, level size, affine) as arrays, and puts the
+face in a group of faces that share static shapes (window size, pyramid depth, chip size), so a
+group is one vmapped computation. The photo is cut to a *region* covering every window; only the
+region travels to the device. A photo's *signature* (region size + groups) decides which compiled
+program runs it: photos with equal signatures are batched together.
+
+Window and region sizes are rounded up to multiples of BUCKET so that faces of similar size share a
+program; the extra pixels never reach a chip (see `idguardian_jax.faces.warp`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from idguardian_jax.faces import align
+
+BUCKET = 64
+
+
+def bucket(n: int, step: int = BUCKET) -> int:
+    return max(step, -(-int(n) // step) * step)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewGroup:
+    """Static shape of a group of face views: window (h, w), pyramid halvings, chip size, count."""
+
+    window: tuple[int, int]
+    n_down: int
+    rows: int
+    cols: int
+    count: int
+
+
+@dataclasses.dataclass
+class PhotoPlan:
+    """The region of a photo the loop works on, and every face view inside it.
+
+    region: (top, left, height, width) in photo pixels; height/width are bucketed and may run past
+      the photo's edge (those pixels are zero padding and are never written back).
+    groups: per encoder name, the tuple of ViewGroups (static).
+    arrays: per encoder name, dict of arrays over the encoder's face slots, in group order:
+      start (F, 2) int32 window top-left in region pixels; affine (F, 2, 3) float32 chip ->
+      level; level_shape (F, 2) int32; chip_per_px (F,) float32 chip pixels per photo pixel;
+      face (F,) int32 index of the face in the photo's face list.
+    support: (height, width) float32, 1 where some view reads the photo (dlib's crop boxes).
+    """
+
+    region: tuple[int, int, int, int]
+    groups: dict[str, tuple[ViewGroup, ...]]
+    arrays: dict[str, dict[str, np.ndarray]]
+    support: np.ndarray
+
+    @property
+    def signature(self) -> tuple:
+        return (self.region[2], self.region[3],
+                tuple((name, self.groups[name]) for name in sorted(self.groups)))
+
+
+def plan_photo(image_shape: tuple[int, int], chip_plans: dict[str, Sequence[align.ChipPlan]],
+               step: int = BUCKET) -> PhotoPlan:
+    """Plan the views of every face for every encoder.
+
+    chip_plans: encoder name -> one align.ChipPlan per face (dlib-style extraction).
+    """
+    height, width = int(image_shape[0]), int(image_shape[1])
+    items = []  # (name, face index, plan, window)
+    for name, plans in chip_plans.items():
+        for i, p in enumerate(plans):
+            bh, bw = p.box_shape
+            items.append((name, i, p, (bucket(bh, step), bucket(bw, step))))
+    if not items:
+        raise ValueError("a photo plan needs at least one face view")
+    top = min(p.box[0] for _, _, p, _ in items)
+    left = min(p.box[1] for _, _, p, _ in items)
+    bottom = max(p.box[0] + w[0] for _, _, p, w in items)
+    right = max(p.box[1] + w[1] for _, _, p, w in items)
+    rh, rw = bucket(bottom - top, step), bucket(right - left, step)
+    support = np.zeros((rh, rw), np.float32)
+    for _, _, p, _ in items:
+        t, l, b, r = p.box
+        support[t - top:b - top + 1, l - left:r - left + 1] = 1.0
+    # the photo ends inside the region: nothing there may be perturbed
+    support[max(0, height - top):, :] = 0.0
+    support[:, max(0, width - left):] = 0.0
+
+    groups: dict[str, tuple[ViewGroup, ...]] = {}
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    for name in chip_plans:
+        mine = [(i, p, w) for n, i, p, w in items if n == name]
+        key = lambda t: (t[2], t[1].n_down, t[1].rows, t[1].cols, t[0])  # noqa: E731
+        mine.sort(key=key)
+        gs: list[ViewGroup] = []
+        for i, p, w in mine:
+            if gs and (gs[-1].window, gs[-1].n_down, gs[-1].rows, gs[-1].cols) == (w, p.n_down, p.rows, p.cols):
+                gs[-1] = dataclasses.replace(gs[-1], count=gs[-1].count + 1)
+            else:
+                gs.append(ViewGroup(w, p.n_down, p.rows, p.cols, 1))
+        groups[name] = tuple(gs)
+        arrays[name] = {
+            "start": np.array([[p.box[0] - top, p.box[1] - left] for _, p, _ in mine], np.int32),
+            "affine": np.stack([p.affine for _, p, _ in mine]).astype(np.float32),
+            "level_shape": np.array([p.level_shape for _, p, _ in mine], np.int32),
+            # chip pixels per photo pixel: 2**n_down level pixels per photo pixel, then the affine
+            "chip_per_px": np.array([1.0 / (np.hypot(*p.affine[:, 0]) * 2 ** p.n_down)
+                                     for _, p, _ in mine], np.float32),
+            "face": np.array([i for i, _, _ in mine], np.int32),
+        }
+    return PhotoPlan((top, left, rh, rw), groups, arrays, support)
+
+
+def crop_region(image: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
+    """The region of an (H, W, C) photo, zero-padded where it runs past the edge."""
+    top, left, h, w = region
+    out = np.zeros((h, w) + image.shape[2:], image.dtype)
+    part = image[top:top + h, left:left + w]
+    out[:part.shape[0], :part.shape[1]] = part
+    return out
+
+
+def paste_region(image: np.ndarray, region_values: np.ndarray,
+                 region: tuple[int, int, int, int]) -> np.ndarray:
+    """A copy of `image` with the region (clipped to the photo) replaced by region_values."""
+    top, left, h, w = region
+    out = image.copy()
+    part = out[top:top + h, left:left + w]
+    part[...] = region_values[:part.shape[0], :part.shape[1]]
+    return out
