@@ -192,3 +192,84 @@ def _convert(im: Image.Image, path: str, icc: bytes | None, notes: list[str]):
     if alpha is not None and alpha.dtype != np.uint8:
         alpha = _to_uint8(alpha, "I;16")
     return np.ascontiguousarray(rgb), alpha
+
+
+# ------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------
+OUTPUT_FORMATS = {"png": ("PNG", ".png"), "jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
+LOSSY_WARNING = ("lossy {fmt} output weakens the protection: compression removes part of the "
+                 "perturbation (use PNG unless you must)")
+
+
+class ImageWriteError(OSError):
+    """An output that cannot be written; str(e) is one line naming the file."""
+
+
+def output_extension(fmt: str) -> str:
+    return OUTPUT_FORMATS[fmt][1]
+
+
+def write_photo(path: str | os.PathLike, rgb: np.ndarray, source: Photo | None = None,
+                fmt: str = "png", strip_metadata: bool = False, quality: int = 95,
+                extra_text: dict[str, str] | None = None) -> str:
+    """Write an RGB uint8 photo atomically (temporary file in the same folder, then rename).
+
+    With a source Photo, its alpha channel is always carried over, and unless strip_metadata its
+    ICC profile (not a CMYK one: the pixels are now RGB), EXIF and PNG text chunks too.
+    extra_text: PNG text chunks to add (PNG only). Returns the path written.
+    """
+    import tempfile
+
+    from PIL import PngImagePlugin
+
+    path = os.fspath(path)
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; expected one of {', '.join(OUTPUT_FORMATS)}")
+    pil_format = OUTPUT_FORMATS[fmt][0]
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    im = Image.fromarray(rgb, "RGB")
+    if source is not None and source.alpha is not None:
+        im.putalpha(Image.fromarray(source.alpha, "L"))
+    kwargs: dict[str, Any] = {}
+    if source is not None and not strip_metadata:
+        if source.icc_profile and source.source_mode != "CMYK":
+            kwargs["icc_profile"] = source.icc_profile
+        if source.exif:
+            kwargs["exif"] = source.exif
+        if "dpi" in source.info:
+            kwargs["dpi"] = source.info["dpi"]
+    if pil_format == "PNG":
+        text = PngImagePlugin.PngInfo()
+        if source is not None and not strip_metadata:
+            for k, v in source.info.items():
+                if isinstance(k, str) and isinstance(v, str):
+                    text.add_text(k, v)
+        for k, v in (extra_text or {}).items():
+            text.add_text(k, v)
+        kwargs["pnginfo"] = text
+    else:
+        kwargs["quality"] = quality
+        if pil_format == "JPEG" and im.mode == "RGBA":
+            raise ImageWriteError(f"{path}: JPEG cannot keep the photo's alpha channel; "
+                                  f"use PNG or WebP")
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    except OSError as e:
+        raise ImageWriteError(f"{path}: cannot write there ({e.strerror or e})") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            im.save(fh, format=pil_format, **kwargs)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise
+    return path

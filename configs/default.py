@@ -1,0 +1,51 @@
+r"""Default protection: the embedded dlib ResNet encoder, CPU-friendly.
+
+  idguardian-protect --config=configs/default.py --input=photos/ --output=protected/
+  idguardian-protect --config=configs/default.py --config.budget=0.0235 ...   # 6/255
+
+Budget, steps and step size were chosen by the sweep in experiments/sweep_defaults.py on the
+photos of ../shared/faces, judged by the real dlib library (see docs/DEFAULTS.md for the table).
+"""
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # L_inf budget on [0, 1] pixels (every written pixel moves by at most round(budget * 255)).
+    c.budget = 4 / 255
+
+    c.attack = ml_collections.ConfigDict()
+    c.attack.steps = 100
+    c.attack.step_size = 1 / 255
+    c.attack.optimizer = "sign"       # 'sign' (PGD) or 'adam'
+    c.attack.schedule = "constant"    # 'constant', 'cosine', 'linear'
+    c.attack.final_fraction = 0.1     # for decaying schedules
+    c.attack.random_start = False
+    c.attack.loop = "auto"            # 'scan' (one jit), 'host' (jitted step), 'auto'
+
+    c.objective = ml_collections.ConfigDict()
+    c.objective.encoders = (("dlib_resnet", 1.0),)
+    c.objective.checkpoints = ml_collections.ConfigDict()  # encoder name -> checkpoint path
+    c.objective.decoy_photo = ""      # pull toward this photo's face instead of away
+    c.objective.cap = 0.0             # 0: no cap on the distance pushed for
+    c.objective.quantize = True       # the loop sees the 8-bit photo that will be written
+    c.objective.jitter = ml_collections.ConfigDict()
+    c.objective.jitter.shift_px = 2.0     # landmarks move ~1 px (up to 6-7) when found again
+    c.objective.jitter.rotation = 0.03    # radians
+    c.objective.jitter.scale = 0.03       # relative
+
+    c.detect = ml_collections.ConfigDict()
+    c.detect.upsample = 1             # dlib's upsample_num_times, as face_recognition uses
+
+    c.batch = ml_collections.ConfigDict()
+    c.batch.per_device = 1            # photos per device per program call
+    c.batch.window = 16               # photos read and prepared together (grouped by shape)
+
+    c.output = ml_collections.ConfigDict()
+    c.output.format = "png"           # 'png'; 'jpeg'/'webp' weaken the protection
+    c.output.quality = 95             # for lossy formats
+    c.output.strip_metadata = False
+    c.output.on_no_face = "report"    # 'report' (write nothing) or 'copy' (write unchanged)
+    c.output.max_pixels = 100_000_000
+    return c

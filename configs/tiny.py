@@ -1,0 +1,10 @@
+"""A few steps, for tests and smoke runs: idguardian-protect --config=configs/tiny.py ..."""
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.attack.steps = 3
+    c.budget = 8 / 255
+    c.attack.step_size = 2 / 255
+    return c

@@ -1,0 +1,569 @@
+"""Protecting photos: the functional API on arrays (`protect`) and on files (`protect_files`).
+
+One protection, end to end:
+  1. faces are found and aligned once on the clean photo (MMOD detector, 5 landmarks, dlib chip);
+  2. each encoder's clean embedding of each face is computed from the exact chip;
+  3. the photo is cut to the region its face views read (views.plan_photo); photos with the same
+     signature are batched, and PGD runs on the batch (engine.protect_batch: jit + vmap, sharded
+     over the devices);
+  4. the perturbed region is pasted back, rounded to 8 bits, and the result is measured the way an
+     attacker would see it: faces found again on the protected photo, their chips cut again, and
+     the distance to the clean embedding computed.
+A photo's PRNG key comes from the seed and a hash of its pixels, so its result does not depend on
+the batch it is in, the order of the inputs, or the number of devices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any, Iterable, Sequence
+
+import jax
+import numpy as np
+
+import encoders as encoder_registry
+from idguardian_jax import engine, images, jsonio, objective, parallel, views
+from idguardian_jax.attack import pgd
+from idguardian_jax.faces import align, analyze
+
+VERSION = "0.1.0"
+
+
+# ------------------------------------------------------------------------------------------
+# Settings
+# ------------------------------------------------------------------------------------------
+def engine_config(config) -> engine.EngineConfig:
+    """EngineConfig from an ml_collections config (configs/default.py)."""
+    a, o, j = config.attack, config.objective, config.objective.jitter
+    return engine.EngineConfig(
+        pgd=pgd.PGDConfig(eps=float(config.budget), steps=int(a.steps), step_size=float(a.step_size),
+                          optimizer=a.optimizer, schedule=a.schedule,
+                          final_fraction=float(a.final_fraction), random_start=bool(a.random_start)),
+        objective=objective.ObjectiveConfig(
+            encoders=tuple((str(n), float(w)) for n, w in o.encoders),
+            objective="decoy" if o.decoy_photo else "away",
+            cap=None if not o.cap else float(o.cap),
+            quantize=bool(o.quantize),
+            jitter=objective.Jitter(float(j.shift_px), float(j.rotation), float(j.scale))),
+        per_device=int(config.batch.per_device),
+        loop=a.loop)
+
+
+def settings_hash(config) -> str:
+    """Identifies everything that changes the protected pixels (rerun skips on a match)."""
+    relevant = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
+                for k in ("seed", "budget", "attack", "objective", "detect")}
+    relevant["output_format"] = config.output.format
+    relevant["strip_metadata"] = config.output.strip_metadata
+    relevant["version"] = VERSION
+    blob = json.dumps(relevant, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Models:
+    faces: analyze.FaceModels
+    params: dict[str, Any]  # encoder name -> params
+
+    @classmethod
+    def load(cls, config) -> "Models":
+        faces = analyze.FaceModels.load()
+        params = {}
+        for name, _ in config.objective.encoders:
+            enc = encoder_registry.get(name)
+            params[name] = faces.resnet if name == "dlib_resnet" else enc.load(
+                config.objective.get("checkpoints", {}).get(name) or None)
+        return cls(faces, params)
+
+
+# ------------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class FaceReport:
+    box: list[int]
+    score: float | None
+    distance_in_loop: float | None = None       # the loop's own view, no jitter, 8-bit photo
+    distance_before: float | None = None        # clean photo, same pipeline (0 unless nondeterministic)
+    distance_after: float | None = None         # protected photo, faces found again
+    found_again: bool | None = None             # the detector still finds this face
+    protected: bool | None = None               # distance_after above the encoder's threshold
+
+
+@dataclasses.dataclass
+class PhotoResult:
+    """status: 'protected', 'no_face', 'error' (and 'skipped', 'copied' for files)."""
+
+    status: str
+    protected: np.ndarray | None = None
+    faces: list[FaceReport] = dataclasses.field(default_factory=list)
+    psnr: float | None = None
+    max_change: int | None = None
+    seconds: float | None = None
+    losses: list[float] | None = None
+    error: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def record(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("protected")
+        return d
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def photo_key(rgb: np.ndarray, seed: int) -> np.ndarray:
+    """(2,) uint32 key data from the seed and the photo's pixels (order and batch independent)."""
+    h = hashlib.sha256(np.ascontiguousarray(rgb).tobytes()).digest()
+    k = jax.random.fold_in(jax.random.key(int(seed)), int.from_bytes(h[:4], "little") & 0x7FFFFFFF)
+    return np.asarray(jax.random.key_data(k))
+
+
+# ------------------------------------------------------------------------------------------
+# The protector
+# ------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Prepared:
+    index: int
+    rgb: np.ndarray
+    faces: list[analyze.Face]
+    plan: views.PhotoPlan | None
+    clean: dict[str, np.ndarray]
+    key: np.ndarray
+
+
+class Protector:
+    """Holds the models, the mesh and the compiled programs for one configuration."""
+
+    def __init__(self, config, models: Models | None = None, mesh=None):
+        self.config = config
+        self.models = models or Models.load(config)
+        self.mesh = mesh or parallel.make_mesh()
+        self.cfg = engine_config(config)
+        self.decoy = None
+        if config.objective.decoy_photo:
+            self.decoy = self._decoy_embeddings(config.objective.decoy_photo)
+
+    def _decoy_embeddings(self, path: str) -> dict[str, np.ndarray]:
+        photo = images.read_photo(path)
+        faces = analyze.find_faces(photo.rgb, self.models.faces, self.config.detect.upsample)
+        if not faces:
+            raise ValueError(f"{path}: no face found in the decoy photo")
+        face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+        return self._clean_embeddings(photo.rgb, [face])
+
+    def _clean_embeddings(self, rgb, faces) -> dict[str, np.ndarray]:
+        out = {}
+        for name, _ in self.cfg.objective.encoders:
+            enc = encoder_registry.get(name)
+            chips = np.stack([align.extract_chip(rgb, f.plan) for f in faces])
+            out[name] = np.asarray(enc.apply(self.models.params[name], chips.astype(np.float32) / 255))
+        return out
+
+    def prepare(self, index: int, rgb: np.ndarray) -> _Prepared:
+        faces = analyze.find_faces(rgb, self.models.faces, self.config.detect.upsample)
+        if not faces:
+            return _Prepared(index, rgb, [], None, {}, photo_key(rgb, self.config.seed))
+        chip_plans = {name: [f.plan for f in faces] for name, _ in self.cfg.objective.encoders}
+        plan = views.plan_photo(rgb.shape[:2], chip_plans)
+        clean = self._clean_embeddings(rgb, faces)
+        # per-slot order of the plan (faces are grouped by view shape)
+        clean = {n: e[plan.arrays[n]["face"]] for n, e in clean.items()}
+        return _Prepared(index, rgb, faces, plan, clean, photo_key(rgb, self.config.seed))
+
+    def run(self, prepared: Sequence[_Prepared]) -> dict[int, tuple]:
+        """PGD on every prepared photo with faces, batched by signature: index -> outputs."""
+        by_sig: dict[tuple, list[_Prepared]] = {}
+        for p in prepared:
+            if p.plan is not None:
+                by_sig.setdefault(p.plan.signature, []).append(p)
+        results = {}
+        for group in by_sig.values():
+            plan0 = group[0].plan
+            x = np.stack([views.crop_region(p.rgb, p.plan.region) for p in group]).astype(np.float32) / 255
+            support = np.stack([p.plan.support for p in group])
+            arrays = jax.tree_util.tree_map(lambda *a: np.stack(a), *[p.plan.arrays for p in group])
+            arrays = {n: {k: v for k, v in a.items() if k != "face"} for n, a in arrays.items()}
+            clean = {n: np.stack([p.clean[n] for p in group]) for n in plan0.groups}
+            decoy = {}
+            if self.decoy is not None:
+                decoy = {n: np.stack([np.repeat(self.decoy[n], len(p.clean[n]), axis=0)
+                                      for p in group]) for n in plan0.groups}
+            keys = np.stack([p.key for p in group])
+            delta, losses, after, before = engine.protect_batch(
+                self.models.params, x, support, arrays, clean, decoy, keys,
+                groups=plan0.groups, cfg=self.cfg, mesh=self.mesh)
+            for i, p in enumerate(group):
+                results[p.index] = (x[i], delta[i], losses[i],
+                                    {n: v[i] for n, v in after.items()})
+        return results
+
+    def finish(self, p: _Prepared, out) -> PhotoResult:
+        """Paste back, round to 8 bits, and measure as an attacker would."""
+        x, delta, losses, in_loop = out
+        region = np.clip(np.round((x + delta) * 255.0), 0, 255).astype(np.uint8)
+        protected = views.paste_region(p.rgb, region, p.plan.region)
+        budget = int(round(self.cfg.pgd.eps * 255))
+        change = int(np.abs(protected.astype(np.int16) - p.rgb.astype(np.int16)).max())
+        if change > budget:
+            raise AssertionError(f"internal error: change {change} exceeds the budget {budget}")
+        reports = self.measure(p, protected, in_loop)
+        return PhotoResult("protected", protected, reports, psnr(protected, p.rgb), change,
+                           losses=[float(v) for v in losses])
+
+    def measure(self, p: _Prepared, protected: np.ndarray, in_loop=None) -> list[FaceReport]:
+        """Each clean face: distance to its clean embedding after finding faces again (dlib)."""
+        name = "dlib_resnet"
+        m = self.models.faces
+        threshold = encoder_registry.get(name).threshold
+        clean_desc = self._clean_embeddings(p.rgb, p.faces)
+        again_clean = analyze.describe(p.rgb, [dataclasses.replace(f) for f in p.faces], m)
+        again_prot = analyze.analyze(protected, m, self.config.detect.upsample)
+        slot_of_face = None
+        if in_loop is not None and name in in_loop:
+            slot_of_face = {int(f): s for s, f in enumerate(p.plan.arrays[name]["face"])}
+        reports = []
+        for i, f in enumerate(p.faces):
+            r = FaceReport(box=[int(v) for v in f.box], score=f.score)
+            if name in clean_desc:
+                ref = clean_desc[name][i]
+                mb = _match(f.box, again_clean)
+                ma = _match(f.box, again_prot)
+                r.distance_before = None if mb is None else float(np.linalg.norm(mb.descriptor - ref))
+                r.found_again = ma is not None
+                if ma is not None:
+                    r.distance_after = float(np.linalg.norm(ma.descriptor - ref))
+                    r.protected = r.distance_after >= threshold
+                else:
+                    r.protected = True  # the face is no longer detected at all
+            if slot_of_face is not None:
+                r.distance_in_loop = float(in_loop[name][slot_of_face[i]])
+            reports.append(r)
+        return reports
+
+    def protect_arrays(self, rgbs: Sequence[np.ndarray]) -> list[PhotoResult]:
+        t0 = time.time()
+        prepared = [self.prepare(i, np.asarray(rgb, np.uint8)) for i, rgb in enumerate(rgbs)]
+        outs = self.run(prepared)
+        results = []
+        for p in prepared:
+            if p.plan is None:
+                results.append(PhotoResult("no_face", None, notes=["no face found: not protected"]))
+            else:
+                results.append(self.finish(p, outs[p.index]))
+        per = (time.time() - t0) / max(len(rgbs), 1)
+        for r in results:
+            r.seconds = per
+        return results
+
+
+def _iou(a, b) -> float:
+    l, t = max(a[0], b[0]), max(a[1], b[1])
+    r, bb = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0, r - l + 1) * max(0, bb - t + 1)
+    area = lambda x: (x[2] - x[0] + 1) * (x[3] - x[1] + 1)  # noqa: E731
+    return inter / float(area(a) + area(b) - inter)
+
+
+def _match(box, faces, min_iou: float = 0.3):
+    best = max(faces, key=lambda f: _iou(box, f.box), default=None)
+    return best if best is not None and _iou(box, best.box) >= min_iou else None
+
+
+def protect(images_rgb: np.ndarray | Sequence[np.ndarray], config=None,
+            protector: Protector | None = None) -> list[PhotoResult]:
+    """Protect photos given as arrays.
+
+    images_rgb: one (H, W, 3) uint8 RGB photo or a sequence of them (any sizes).
+    config: an ml_collections config (default: configs/default.py).
+    Returns one PhotoResult per photo; `.protected` is the (H, W, 3) uint8 protected photo, or None
+    when no face was found. Every pixel differs from the input by at most round(budget * 255).
+
+    >>> from idguardian_jax import protect  # doctest: +SKIP
+    >>> result, = protect.protect(photo)  # doctest: +SKIP
+    >>> result.faces[0].distance_after > 0.6  # doctest: +SKIP
+    """
+    if isinstance(images_rgb, np.ndarray) and images_rgb.ndim == 3:
+        images_rgb = [images_rgb]
+    for i, a in enumerate(images_rgb):
+        a = np.asarray(a)
+        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+            raise ValueError(f"photo {i}: expected (H, W, 3) uint8 RGB, got {a.shape} {a.dtype}")
+    if protector is None:
+        protector = Protector(config if config is not None else default_config())
+    return protector.protect_arrays(list(images_rgb))
+
+
+def default_config():
+    from configs import default
+
+    return default.get_config()
+
+
+# ------------------------------------------------------------------------------------------
+# Files
+# ------------------------------------------------------------------------------------------
+SUMMARY_NAME = "idguardian_summary.jsonl"
+
+
+class UsageError(ValueError):
+    """Bad arguments (exit status 2)."""
+
+
+def _inside(child: str, parent: str) -> bool:
+    child, parent = os.path.realpath(child), os.path.realpath(parent)
+    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def plan_outputs(inputs: Sequence[tuple[str, str]], output_dir: str, fmt: str,
+                 input_roots: Sequence[str] = ()) -> list[tuple[str, str, str | None, str | None]]:
+    """(open path, report path) -> (open, report, output path or None, error or None).
+
+    The output mirrors the input tree under output_dir with the format's extension. Refuses an
+    output folder inside an input folder, and an output that would overwrite an input or another
+    output.
+    """
+    for root in input_roots:
+        if os.path.isdir(root) and _inside(output_dir, root):
+            raise UsageError(f"{output_dir}: the output folder is inside the input folder {root}; "
+                             f"choose a folder outside it (a rerun would read the outputs as inputs)")
+    ext = images.output_extension(fmt)
+    seen: dict[str, str] = {}
+    real_inputs = {os.path.realpath(o) for o, _ in inputs}
+    out = []
+    for open_path, rel in inputs:
+        rel_norm = rel if not os.path.isabs(rel) else os.path.basename(rel)
+        rel_norm = os.path.normpath(rel_norm).lstrip(os.sep)
+        while rel_norm.startswith(".." + os.sep):
+            rel_norm = rel_norm[3:]
+        target = os.path.join(output_dir, os.path.splitext(rel_norm)[0] + ext)
+        err = None
+        if os.path.realpath(target) in real_inputs:
+            err = f"{open_path}: the output {target} would overwrite an input; not written"
+        elif target in seen:
+            err = f"{open_path}: its output {target} is also the output of {seen[target]}; not written"
+        else:
+            seen[target] = open_path
+        out.append((open_path, rel, None if err else target, err))
+    return out
+
+
+def _load_summary(path: str) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                if isinstance(rec, dict) and "path" in rec:
+                    done[rec["path"]] = rec
+    return done
+
+
+def _append_record(path: str, rec: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(rec) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Progress:
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.done, self.stream, self.t0 = total, 0, stream, time.time()
+        self.bar = None
+        if stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="photo", file=stream, dynamic_ncols=True)
+
+    def update(self, rec: dict) -> None:
+        self.done += 1
+        faces = rec.get("faces") or []
+        dist = [f.get("distance_after") for f in faces if f.get("distance_after") is not None]
+        msg = f"{rec['path']}: {rec['status']}"
+        if dist:
+            msg += f", distance after {min(dist):.3f}"
+        if rec.get("psnr") is not None:
+            msg += f", PSNR {rec['psnr']:.1f} dB"
+        if rec.get("error"):
+            msg = f"{rec['path']}: error: {rec['error']}"
+        if self.bar is not None:
+            self.bar.set_postfix_str(msg[-60:])
+            self.bar.update(1)
+        else:
+            elapsed = time.time() - self.t0
+            eta = elapsed / self.done * (self.total - self.done)
+            self.stream.write(f"[{self.done}/{self.total} eta {eta:.0f}s] {msg}\n")
+            self.stream.flush()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def protect_files(inputs: Sequence[tuple[str, str]], output_dir: str, config,
+                  input_roots: Sequence[str] = (), protector: Protector | None = None,
+                  progress: bool = True) -> dict:
+    """Protect photo files into output_dir (mirroring the input tree). Returns the summary.
+
+    inputs: (path to open, path to report) pairs, e.g. from cli.common.list_inputs.
+    One JSON record per photo is appended to output_dir/idguardian_summary.jsonl as it finishes;
+    a rerun skips photos whose record shows the same input, settings and an intact output.
+    A failing photo is recorded with its error and the batch goes on.
+    """
+    fmt = config.output.format
+    if fmt not in images.OUTPUT_FORMATS:
+        raise UsageError(f"--config.output.format must be one of {', '.join(images.OUTPUT_FORMATS)}")
+    notes = []
+    if fmt != "png":
+        notes.append(images.LOSSY_WARNING.format(fmt=fmt.upper()))
+        sys.stderr.write("warning: " + notes[-1] + "\n")
+    planned = plan_outputs(inputs, output_dir, fmt, input_roots)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{output_dir}: cannot create the output folder ({e.strerror or e})") from None
+    summary_path = os.path.join(output_dir, SUMMARY_NAME)
+    previous = _load_summary(summary_path)
+    settings = settings_hash(config)
+    protector = protector or Protector(config)
+    counts: dict[str, int] = {}
+    records: list[dict] = []
+    prog = _Progress(len(planned)) if progress else None
+
+    def emit(rec: dict) -> None:
+        rec.setdefault("settings", settings)
+        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+        records.append(rec)
+        if rec["status"] != "skipped":
+            try:
+                _append_record(summary_path, rec)
+            except OSError as e:
+                sys.stderr.write(f"warning: {summary_path}: cannot record progress ({e})\n")
+        if prog:
+            prog.update(rec)
+
+    window = max(1, int(config.batch.window))
+    pending: list[tuple[dict, images.Photo, str]] = []
+
+    def flush():
+        if not pending:
+            return
+        t0 = time.time()
+        prepared = []
+        for k, (rec, photo, _) in enumerate(pending):
+            try:
+                prepared.append(protector.prepare(k, photo.rgb))
+            except Exception as e:  # noqa: BLE001 - a photo's failure must not stop the batch
+                prepared.append(None)
+                rec["status"], rec["error"] = "error", f"{rec['input']}: {type(e).__name__}: {e}"
+        outs = protector.run([p for p in prepared if p is not None and p.plan is not None])
+        per = (time.time() - t0) / len(pending)
+        for (rec, photo, target), p in zip(pending, prepared):
+            t1 = time.time()
+            if rec.get("status") == "error":
+                emit(rec)
+                continue
+            try:
+                if p.plan is None:
+                    _no_face(rec, photo, target, config)
+                else:
+                    res = protector.finish(p, outs[p.index])
+                    _write_protected(rec, res, photo, target, config, protector.cfg.pgd.eps)
+            except images.ImageWriteError as e:
+                rec["status"], rec["error"] = "error", str(e)
+            except Exception as e:  # noqa: BLE001
+                rec["status"], rec["error"] = "error", f"{rec['input']}: {type(e).__name__}: {e}"
+            rec["seconds"] = round(per + time.time() - t1, 3)
+            emit(rec)
+        pending.clear()
+
+    for open_path, rel, target, err in planned:
+        rec: dict[str, Any] = {"path": rel, "input": open_path, "output": target, "status": None,
+                               "error": err, "faces": []}
+        if err:
+            rec["status"] = "error"
+            emit(rec)
+            continue
+        try:
+            photo = images.read_photo(open_path, max_pixels=int(config.output.max_pixels),
+                                      allow_animated=False)
+        except images.ImageReadError as e:
+            rec["status"], rec["error"] = "error", str(e)
+            emit(rec)
+            continue
+        rec["input_sha256"] = _sha256_file(open_path)
+        old = previous.get(rel)
+        if (old and old.get("settings") == settings and old.get("input_sha256") == rec["input_sha256"]
+                and old.get("status") in ("protected", "copied") and old.get("output")
+                and os.path.exists(old["output"])
+                and _sha256_file(old["output"]) == old.get("output_sha256")):
+            emit(dict(old, status="skipped", previous_status=old["status"]))
+            continue
+        rec["width"], rec["height"] = photo.width, photo.height
+        rec["notes"] = list(photo.notes) + notes
+        pending.append((rec, photo, target))
+        if len(pending) >= window:
+            flush()
+    flush()
+    if prog:
+        prog.close()
+    protected_faces = [f for r in records if r["status"] == "protected" for f in r.get("faces", [])]
+    moved = [f for f in protected_faces if f.get("protected")]
+    return {"photos": len(records), "counts": counts, "faces": len(protected_faces),
+            "faces_past_threshold": len(moved), "summary_file": summary_path, "records": records}
+
+
+def _no_face(rec: dict, photo: images.Photo, target: str, config) -> None:
+    if config.output.on_no_face == "copy":
+        images.write_photo(target, photo.rgb, photo, config.output.format,
+                           config.output.strip_metadata, int(config.output.quality))
+        rec["status"] = "copied"
+        rec["output_sha256"] = _sha256_file(target)
+        rec["notes"].append("no face found: copied unchanged, NOT protected")
+    else:
+        rec["status"] = "no_face"
+        rec["output"] = None
+        rec["notes"].append("no face found: not protected, nothing written "
+                            "(--config.output.on_no_face=copy writes it unchanged)")
+
+
+def _write_protected(rec: dict, res: PhotoResult, photo: images.Photo, target: str, config,
+                     eps: float) -> None:
+    provenance = {"idguardian": json.dumps({"version": VERSION, "settings": rec.get("settings"),
+                                            "budget_255": int(round(eps * 255))})}
+    images.write_photo(target, res.protected, photo, config.output.format,
+                       config.output.strip_metadata, int(config.output.quality),
+                       extra_text=None if config.output.strip_metadata else provenance)
+    back = images.read_photo(target, apply_exif_orientation=True)
+    change = int(np.abs(back.rgb.astype(np.int16) - photo.rgb.astype(np.int16)).max())
+    budget = int(round(eps * 255))
+    rec.update(status="protected", faces=[dataclasses.asdict(f) for f in res.faces],
+               psnr=None if res.psnr is None else round(psnr(back.rgb, photo.rgb), 3),
+               max_change=change, budget_255=budget, output_sha256=_sha256_file(target),
+               final_loss=None if not res.losses else res.losses[-1])
+    if change > budget:
+        if config.output.format == "png":
+            raise AssertionError(f"{target}: written pixels differ by {change} > budget {budget}")
+        rec["notes"].append(f"lossy {config.output.format} output: max change {change} exceeds the "
+                            f"budget {budget} (compression)")
