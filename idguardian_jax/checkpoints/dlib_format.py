@@ -305,7 +305,7 @@ def _read_layer(r: Reader) -> LayerRecord:
         gamma = params[:ng] / np.sqrt(running_vars + np.float32(eps))
         f["gamma"] = gamma.astype(np.float32)
         f["beta"] = (params[ng:ng + nb] - gamma * running_means).astype(np.float32)
-        f["mode"] = 1 if tag == "bn_con2" else 0
+        f["mode"] = 0 if tag == "bn_con2" else 1  # dlib layer_mode: CONV_MODE 0, FC_MODE 1
         f["disabled"] = False
         f["converted_from_bn_eps"] = eps
         tag = "affine_2"
