@@ -1,0 +1,76 @@
+"""End-to-end protection on real photos (the dlib default), arrays API."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import tiny
+from idguardian_jax import protect
+
+
+@pytest.fixture(scope="module")
+def protector():
+    return protect.Protector(tiny.get_config())
+
+
+def _photo(faces_dir, name):
+    return np.asarray(Image.open(os.path.join(faces_dir, name)).convert("RGB"))
+
+
+def test_budget_support_and_determinism(protector, faces_dir):
+    img = _photo(faces_dir, "n000050_A_0003_01.png")
+    r1, = protect.protect(img, protector=protector)
+    r2, = protect.protect(img.copy(), protector=protector)
+    assert r1.status == "protected"
+    diff = np.abs(r1.protected.astype(int) - img)
+    budget = round(protector.config.budget * 255)
+    assert diff.max() == r1.max_change <= budget
+    assert np.array_equal(r1.protected, r2.protected)  # same seed -> same bytes
+    # pixels no chip reads stay untouched: the corners of this 512x512 crop
+    plan = protector.prepare(0, img).plan
+    top, left = plan.region[:2]
+    ys, xs = np.nonzero(diff.max(axis=2))
+    assert ys.min() >= top and xs.min() >= left
+    assert r1.psnr > 30 and len(r1.losses) == protector.config.attack.steps
+    face = r1.faces[0]
+    assert face.distance_before < 1e-3 and face.distance_after > face.distance_before
+
+
+def test_result_independent_of_batch_and_seed_changes_it(protector, faces_dir):
+    a = _photo(faces_dir, "n000050_A_0010_01.png")
+    b = _photo(faces_dir, "n000050_A_0075_01.png")
+    alone, = protect.protect(a, protector=protector)
+    both = protect.protect([b, a], protector=protector)
+    assert np.array_equal(alone.protected, both[1].protected)
+    cfg = tiny.get_config()
+    cfg.seed = 1
+    cfg.attack.random_start = True
+    other, = protect.protect(a, protector=protect.Protector(cfg, models=protector.models))
+    assert not np.array_equal(other.protected, alone.protected)
+
+
+def test_no_face_is_reported_not_protected(protector):
+    flat = np.full((120, 160, 3), 128, np.uint8)
+    r, = protect.protect(flat, protector=protector)
+    assert r.status == "no_face" and r.protected is None
+
+
+def test_rejects_bad_arrays(protector):
+    with pytest.raises(ValueError, match="uint8"):
+        protect.protect(np.zeros((10, 10, 3), np.float32), protector=protector)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        protect.protect([np.zeros((10, 10), np.uint8)], protector=protector)
+
+
+@pytest.mark.slow
+def test_two_faces_both_protected(faces_dir):
+    from configs import default
+
+    cfg = default.get_config()
+    cfg.attack.steps = 30
+    img = _photo(faces_dir, "two_people.jpg")
+    r, = protect.protect(img, config=cfg)
+    assert len(r.faces) == 2
+    assert all(f.distance_after is None or f.distance_after > 0.6 for f in r.faces)
+    assert r.max_change <= round(cfg.budget * 255)
