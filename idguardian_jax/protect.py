@@ -208,8 +208,8 @@ class Protector:
                                     {n: v[i] for n, v in after.items()})
         return results
 
-    def finish(self, p: _Prepared, out) -> PhotoResult:
-        """Paste back, round to 8 bits, and measure as an attacker would."""
+    def finish(self, p: _Prepared, out, measure: bool = True) -> PhotoResult:
+        """Paste back, round to 8 bits, and (if measure) measure as an attacker would."""
         x, delta, losses, in_loop = out
         region = np.clip(np.round((x + delta) * 255.0), 0, 255).astype(np.uint8)
         protected = views.paste_region(p.rgb, region, p.plan.region)
@@ -217,7 +217,10 @@ class Protector:
         change = int(np.abs(protected.astype(np.int16) - p.rgb.astype(np.int16)).max())
         if change > budget:
             raise AssertionError(f"internal error: change {change} exceeds the budget {budget}")
-        reports = self.measure(p, protected, in_loop)
+        if measure:
+            reports = self.measure(p, protected, in_loop)
+        else:
+            reports = [FaceReport(box=[int(v) for v in f.box], score=f.score) for f in p.faces]
         return PhotoResult("protected", protected, reports, psnr(protected, p.rgb), change,
                            losses=[float(v) for v in losses])
 
@@ -251,16 +254,19 @@ class Protector:
             reports.append(r)
         return reports
 
-    def protect_arrays(self, rgbs: Sequence[np.ndarray]) -> list[PhotoResult]:
+    def protect_arrays(self, rgbs: Sequence[np.ndarray], measure: bool = True,
+                       prepared: Sequence[_Prepared] | None = None) -> list[PhotoResult]:
+        """Protect uint8 RGB photos; `prepared` (from prepare) skips finding the faces again."""
         t0 = time.time()
-        prepared = [self.prepare(i, np.asarray(rgb, np.uint8)) for i, rgb in enumerate(rgbs)]
+        if prepared is None:
+            prepared = [self.prepare(i, np.asarray(rgb, np.uint8)) for i, rgb in enumerate(rgbs)]
         outs = self.run(prepared)
         results = []
         for p in prepared:
             if p.plan is None:
                 results.append(PhotoResult("no_face", None, notes=["no face found: not protected"]))
             else:
-                results.append(self.finish(p, outs[p.index]))
+                results.append(self.finish(p, outs[p.index], measure))
         per = (time.time() - t0) / max(len(rgbs), 1)
         for r in results:
             r.seconds = per
