@@ -13,7 +13,13 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def parse_flags_or_exit(argv: list[str]) -> list[str]:
-    """absl flag parsing that exits with status 2 (usage error) instead of 1 on bad flags."""
+    """absl flag parsing that exits with status 2 (usage error) instead of 1 on bad flags.
+
+    Also quiets JAX's start-up INFO lines (e.g. that no TPU is present) on the console.
+    """
+    import logging
+
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
