@@ -6,5 +6,6 @@ def get_config():
     c = default.get_config()
     c.attack.steps = 3
     c.budget = 8 / 255
+    c.budget_psnr = 0.0
     c.attack.step_size = 2 / 255
     return c

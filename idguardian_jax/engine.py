@@ -61,20 +61,20 @@ def _distances(params, delta, x, arrays, clean, groups, cfg: EngineConfig):
     return after, before
 
 
-def _scan_single(params, x, support, arrays, clean, decoy, key_data, *, groups, cfg):
+def _scan_single(params, x, support, l2_max, arrays, clean, decoy, key_data, *, groups, cfg):
     loss = _loss_fn(params, x, arrays, clean, decoy, groups, cfg)
     key = jax.random.wrap_key_data(key_data)
-    delta, losses = pgd.run_pgd(loss, x, key, cfg.pgd, support)
+    delta, losses = pgd.run_pgd(loss, x, key, cfg.pgd, support, l2_max)
     return (delta, losses) + _distances(params, delta, x, arrays, clean, groups, cfg)
 
 
-def _init_single(x, support, key_data, *, cfg):
-    return pgd.init(x, jax.random.wrap_key_data(key_data), cfg.pgd, support)
+def _init_single(x, support, l2_max, key_data, *, cfg):
+    return pgd.init(x, jax.random.wrap_key_data(key_data), cfg.pgd, support, l2_max)
 
 
-def _step_single(params, carry, i, x, support, arrays, clean, decoy, *, groups, cfg):
+def _step_single(params, carry, i, x, support, l2_max, arrays, clean, decoy, *, groups, cfg):
     loss = _loss_fn(params, x, arrays, clean, decoy, groups, cfg)
-    return pgd.step(carry, i, loss, x, cfg.pgd, support)
+    return pgd.step(carry, i, loss, x, cfg.pgd, support, l2_max)
 
 
 def _finish_single(params, delta, x, arrays, clean, *, groups, cfg):
@@ -88,15 +88,15 @@ def _compiled(kind: str, groups_items: tuple, cfg: EngineConfig, mesh: jax.shard
     rep, bat = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     if kind == "scan":
         fn = jax.vmap(functools.partial(_scan_single, groups=groups, cfg=cfg),
-                      in_axes=(None, 0, 0, 0, 0, 0, 0))
-        return jax.jit(fn, in_shardings=(rep,) + (bat,) * 6, out_shardings=bat)
+                      in_axes=(None, 0, 0, 0, 0, 0, 0, 0))
+        return jax.jit(fn, in_shardings=(rep,) + (bat,) * 7, out_shardings=bat)
     if kind == "init":
         fn = jax.vmap(functools.partial(_init_single, cfg=cfg))
-        return jax.jit(fn, in_shardings=(bat,) * 3, out_shardings=bat)
+        return jax.jit(fn, in_shardings=(bat,) * 4, out_shardings=bat)
     if kind == "step":
         fn = jax.vmap(functools.partial(_step_single, groups=groups, cfg=cfg),
-                      in_axes=(None, 0, None, 0, 0, 0, 0, 0))
-        return jax.jit(fn, in_shardings=(rep, bat, rep) + (bat,) * 5, out_shardings=bat,
+                      in_axes=(None, 0, None, 0, 0, 0, 0, 0, 0))
+        return jax.jit(fn, in_shardings=(rep, bat, rep) + (bat,) * 6, out_shardings=bat,
                        donate_argnums=(1,))
     fn = jax.vmap(functools.partial(_finish_single, groups=groups, cfg=cfg),
                   in_axes=(None, 0, 0, 0, 0))
@@ -104,14 +104,14 @@ def _compiled(kind: str, groups_items: tuple, cfg: EngineConfig, mesh: jax.shard
 
 
 def _run_chunk(params, part, groups_items, cfg: EngineConfig, mesh):
-    x, support, arrays, clean, decoy, key_data = part
+    x, support, l2_max, arrays, clean, decoy, key_data = part
     if cfg.resolved_loop() == "scan":
         return _compiled("scan", groups_items, cfg, mesh)(params, *part)
-    carry = _compiled("init", groups_items, cfg, mesh)(x, support, key_data)
+    carry = _compiled("init", groups_items, cfg, mesh)(x, support, l2_max, key_data)
     step = _compiled("step", groups_items, cfg, mesh)
     losses = []
     for i in range(cfg.pgd.steps):
-        carry, loss = step(params, carry, jnp.int32(i), x, support, arrays, clean, decoy)
+        carry, loss = step(params, carry, jnp.int32(i), x, support, l2_max, arrays, clean, decoy)
         losses.append(loss)
     delta = carry[0]
     losses = jnp.stack(losses, axis=1) if losses else jnp.zeros((x.shape[0], 0), jnp.float32)
@@ -119,13 +119,14 @@ def _run_chunk(params, part, groups_items, cfg: EngineConfig, mesh):
     return delta, losses, after, before
 
 
-def protect_batch(params: dict[str, Any], x: np.ndarray, support: np.ndarray, arrays: dict,
-                  clean: dict, decoy: dict, key_data: np.ndarray, *, groups: dict,
+def protect_batch(params: dict[str, Any], x: np.ndarray, support: np.ndarray, l2_max: np.ndarray,
+                  arrays: dict, clean: dict, decoy: dict, key_data: np.ndarray, *, groups: dict,
                   cfg: EngineConfig, mesh: jax.sharding.Mesh):
     """PGD on a batch of photo regions of one signature.
 
     params: encoder name -> params (replicated). x: (B, H, W, 3) float32 in [0, 1].
-    support: (B, H, W). arrays/clean/decoy: per encoder, leading axis B. key_data: (B, 2) uint32.
+    support: (B, H, W). l2_max: (B,) float32 L2 radius of delta (np.inf: no L2 limit).
+    arrays/clean/decoy: per encoder, leading axis B. key_data: (B, 2) uint32.
     Returns numpy (delta (B, H, W, 3), losses (B, steps), distances after / before: name -> (B, F)).
     B is padded internally to a multiple of per_device x devices; chunks run one after another.
     """
@@ -134,7 +135,7 @@ def protect_batch(params: dict[str, Any], x: np.ndarray, support: np.ndarray, ar
     b = x.shape[0]
     groups_items = tuple(sorted(groups.items()))
     params = parallel.replicate(params, mesh)
-    batch = (x, support, arrays, clean, decoy, key_data)
+    batch = (x, support, np.asarray(l2_max, np.float32), arrays, clean, decoy, key_data)
     outs = []
     for lo in range(0, b, chunk):
         part = jax.tree_util.tree_map(lambda a: _pad_rows(a[lo:lo + chunk], chunk), batch)

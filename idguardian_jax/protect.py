@@ -56,7 +56,7 @@ def engine_config(config) -> engine.EngineConfig:
 def settings_hash(config) -> str:
     """Identifies everything that changes the protected pixels (rerun skips on a match)."""
     relevant = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-                for k in ("seed", "budget", "attack", "objective", "detect")}
+                for k in ("seed", "budget", "budget_psnr", "attack", "objective", "detect")}
     relevant["output_format"] = config.output.format
     relevant["strip_metadata"] = config.output.strip_metadata
     relevant["version"] = VERSION
@@ -200,19 +200,38 @@ class Protector:
                 decoy = {n: np.stack([np.repeat(self.decoy[n], len(p.clean[n]), axis=0)
                                       for p in group]) for n in plan0.groups}
             keys = np.stack([p.key for p in group])
+            l2_max = np.array([self.l2_radius(p.rgb.shape) for p in group], np.float32)
             delta, losses, after, before = engine.protect_batch(
-                self.models.params, x, support, arrays, clean, decoy, keys,
+                self.models.params, x, support, l2_max, arrays, clean, decoy, keys,
                 groups=plan0.groups, cfg=self.cfg, mesh=self.mesh)
             for i, p in enumerate(group):
                 results[p.index] = (x[i], delta[i], losses[i],
                                     {n: v[i] for n, v in after.items()})
         return results
 
+    def l2_radius(self, shape) -> float:
+        """L2 radius (on [0, 1] pixels) that keeps the full-photo PSNR above the floor.
+
+        PSNR = 10 log10(1 / MSE) on [0, 1] values, MSE = ||delta||^2 / (H W 3). The loop aims
+        0.1 dB above the floor so that rounding to 8 bits rarely crosses it (finish() checks).
+        """
+        floor = float(self.config.get("budget_psnr", 0.0) or 0.0)
+        if floor <= 0:
+            return 1e15  # no limit (finite: optax's L2 projection would give nan for inf)
+        n = float(shape[0]) * float(shape[1]) * 3.0
+        return float(np.sqrt(n * 10.0 ** (-(floor + 0.1) / 10.0)))
+
     def finish(self, p: _Prepared, out, measure: bool = True) -> PhotoResult:
         """Paste back, round to 8 bits, and (if measure) measure as an attacker would."""
         x, delta, losses, in_loop = out
-        region = np.clip(np.round((x + delta) * 255.0), 0, 255).astype(np.uint8)
-        protected = views.paste_region(p.rgb, region, p.plan.region)
+        floor = float(self.config.get("budget_psnr", 0.0) or 0.0)
+        scale = 1.0
+        while True:  # rounding can lower the PSNR a little: shrink until the floor holds
+            region = np.clip(np.round((x + scale * delta) * 255.0), 0, 255).astype(np.uint8)
+            protected = views.paste_region(p.rgb, region, p.plan.region)
+            if floor <= 0 or psnr(protected, p.rgb) >= floor or scale < 0.05:
+                break
+            scale *= 0.97
         budget = int(round(self.cfg.pgd.eps * 255))
         change = int(np.abs(protected.astype(np.int16) - p.rgb.astype(np.int16)).max())
         if change > budget:

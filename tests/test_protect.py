@@ -74,3 +74,15 @@ def test_two_faces_both_protected(faces_dir):
     assert len(r.faces) == 2
     assert all(f.distance_after is None or f.distance_after > 0.6 for f in r.faces)
     assert r.max_change <= round(cfg.budget * 255)
+
+
+def test_psnr_floor_holds_on_a_face_filling_crop(protector, faces_dir):
+    img = _photo(faces_dir, "n000050_A_0075_01.png")[130:386, 130:386]  # the face fills it
+    cfg = tiny.get_config()
+    cfg.budget_psnr = 40.0
+    cfg.attack.steps = 4
+    r, = protect.protect(img, protector=protect.Protector(cfg, models=protector.models))
+    assert r.status == "protected"
+    assert r.psnr >= 40.0 and r.max_change <= 8
+    unlimited, = protect.protect(img, protector=protector)
+    assert unlimited.psnr < 40.0  # without the floor this crop would fall below it

@@ -6,6 +6,7 @@ A perturbation `delta` lives on a photo region `x` (float32 in [0, 1], (H, W, C)
   delta += optimizer update(g)                     (sign steps by default, or Adam)
   delta  = support * clip(delta, -eps, eps)        (L_inf ball, optax.projections)
   delta  = clip(x + delta, 0, 1) - x               ([0, 1] box)
+  delta  = delta * min(1, l2_max / ||delta||_2)    (optional L2 ball: a floor on the PSNR)
 
 `support` (H, W) zeroes the perturbation where no view samples the photo, so those pixels stay
 exactly as they were. `run_pgd` runs the whole loop as one `lax.scan` inside the caller's jit;
@@ -67,47 +68,59 @@ def make_optimizer(cfg: PGDConfig) -> optax.GradientTransformation:
     return optax.adam(make_schedule(cfg))
 
 
-def project(delta: jax.Array, x: jax.Array, eps: float, support: jax.Array | None = None) -> jax.Array:
-    """Onto the L_inf ball of radius eps, the support, and the [0, 1] box of x + delta."""
+def project(delta: jax.Array, x: jax.Array, eps: float, support: jax.Array | None = None,
+            l2_max: jax.Array | None = None) -> jax.Array:
+    """Onto the L_inf ball of radius eps, the support, the [0, 1] box of x + delta, and (if
+    l2_max is given) the L2 ball of radius l2_max.
+
+    The L2 step scales delta down, which keeps it inside the L_inf ball, the support and the box
+    (x and x + delta are in the box, so is every point between), so the result satisfies all four.
+    """
     delta = projections.projection_linf_ball(delta, eps)
     if support is not None:
         delta = delta * support[..., None]
-    return projections.projection_box(x + delta, 0.0, 1.0) - x
+    delta = projections.projection_box(x + delta, 0.0, 1.0) - x
+    if l2_max is not None:
+        delta = projections.projection_l2_ball(delta, l2_max)
+    return delta
 
 
-def init_delta(x: jax.Array, key: jax.Array, cfg: PGDConfig, support: jax.Array | None) -> jax.Array:
+def init_delta(x: jax.Array, key: jax.Array, cfg: PGDConfig, support: jax.Array | None,
+               l2_max: jax.Array | None = None) -> jax.Array:
     if not cfg.random_start:
         return jnp.zeros_like(x)
     noise = jax.random.uniform(key, x.shape, x.dtype, -cfg.eps, cfg.eps)
-    return project(noise, x, cfg.eps, support)
+    return project(noise, x, cfg.eps, support, l2_max)
 
 
-def init(x: jax.Array, key: jax.Array, cfg: PGDConfig, support: jax.Array | None = None):
+def init(x: jax.Array, key: jax.Array, cfg: PGDConfig, support: jax.Array | None = None,
+         l2_max: jax.Array | None = None):
     """The loop state (delta, optimizer state, loop key) before the first step."""
     k_init, k_loop = jax.random.split(key)
-    delta = init_delta(x, k_init, cfg, support)
+    delta = init_delta(x, k_init, cfg, support, l2_max)
     return delta, make_optimizer(cfg).init(delta), jax.random.key_data(k_loop)
 
 
 def step(carry, i: jax.Array, loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array,
-         cfg: PGDConfig, support: jax.Array | None = None):
+         cfg: PGDConfig, support: jax.Array | None = None, l2_max: jax.Array | None = None):
     """One PGD step at step index i (a traced int): returns (new carry, loss before the step)."""
     delta, state, key_data = carry
     k = jax.random.fold_in(jax.random.wrap_key_data(key_data), i)
     loss, g = jax.value_and_grad(loss_fn)(delta, k)
     updates, state = make_optimizer(cfg).update(g, state, delta)
-    delta = project(delta + updates, x, cfg.eps, support)
+    delta = project(delta + updates, x, cfg.eps, support, l2_max)
     return (delta, state, key_data), loss
 
 
 def run_pgd(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, key: jax.Array,
-            cfg: PGDConfig, support: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+            cfg: PGDConfig, support: jax.Array | None = None,
+            l2_max: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Minimize loss_fn(delta, key) over the budget, the whole loop in one `lax.scan`.
 
     Returns (delta, losses (steps,)). Jittable and vmappable: call it inside jit/vmap with a
     per-photo key. `init` + `step` give the same iterates one step at a time (for a host loop).
     """
-    carry = init(x, key, cfg, support)
+    carry = init(x, key, cfg, support, l2_max)
     carry, losses = jax.lax.scan(
-        lambda c, i: step(c, i, loss_fn, x, cfg, support), carry, jnp.arange(cfg.steps))
+        lambda c, i: step(c, i, loss_fn, x, cfg, support, l2_max), carry, jnp.arange(cfg.steps))
     return carry[0], losses
