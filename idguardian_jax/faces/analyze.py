@@ -6,7 +6,6 @@ padding 0.25, pyramid downsampling for large faces) -> 128-d descriptor.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Sequence
 
 import jax
@@ -51,7 +50,7 @@ class FaceModels:
                    dlib_resnet.load(use_cache=use_cache))
 
 
-@functools.partial(jax.jit)
+@jax.jit
 def _describe_chips(params, chips_u8):
     return dlib_resnet.apply_uint8(params, chips_u8)
 
