@@ -1,0 +1,78 @@
+r"""Protection speed: seconds per 512x512 one-face photo at default settings, compile separately.
+
+  python benchmarks/bench_protect.py [--photo=PATH] [--steps=N]
+Default photo: ../shared/faces/n000050_A_0003_01.png (512x512, one face), else skimage's astronaut.
+Reports: face finding (detection + landmarks + clean embedding), compile of the step program,
+per PGD step, whole protection (warm), and the step cost relative to the descriptor's own
+forward+backward on one chip.
+"""
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine, timeit  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap.add_argument("--photo", default=os.path.join(here, "..", "..", "shared", "faces",
+                                                    "n000050_A_0003_01.png"))
+    ap.add_argument("--steps", type=int, default=None)
+    args = ap.parse_args()
+    from configs import default
+    from encoders import dlib_resnet
+    from idguardian_jax import images, protect, samples
+
+    path = args.photo if os.path.exists(args.photo) else samples.resolve("sample:astronaut")
+    rgb = images.read_photo(path).rgb
+    if rgb.shape[:2] != (512, 512):
+        from PIL import Image
+
+        rgb = np.asarray(Image.fromarray(rgb).resize((512, 512), Image.LANCZOS))
+    cfg = default.get_config()
+    if args.steps:
+        cfg.attack.steps = args.steps
+    pr = protect.Protector(cfg)
+    t = time.perf_counter()
+    prep = pr.prepare(0, rgb)
+    t_find = time.perf_counter() - t
+    steps = cfg.attack.steps
+    # first call: compiles init/step/finish; the second call is warm
+    t = time.perf_counter()
+    pr.protect_arrays([rgb], measure=False, prepared=[prep])
+    t_first = time.perf_counter() - t
+    t = time.perf_counter()
+    res = pr.protect_arrays([rgb], measure=False, prepared=[prep])
+    t_warm = time.perf_counter() - t
+    compile_s = t_first - t_warm
+    t = time.perf_counter()
+    pr.measure(prep, res[0].protected)
+    t_measure = time.perf_counter() - t
+    params = dlib_resnet.load()
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(1, 150, 150, 3)).astype(np.float32))
+    fb = jax.jit(jax.grad(lambda x: jnp.sum(dlib_resnet.apply(params, x) ** 2)))
+    t_fb = timeit(lambda: fb(x))
+    per_step = t_warm / steps
+    print(f"machine: {machine()}, date: {time.strftime('%Y-%m-%d')}, photo: "
+          f"{os.path.basename(path)} 512x512, {len(prep.faces)} face, {steps} steps, "
+          f"loop={pr.cfg.resolved_loop()}\n")
+    print("| measurement | seconds |\n|---|---|")
+    print(f"| find faces + clean embedding (detector, landmarks, chip, descriptor) | {t_find:.2f} |")
+    print(f"| compile (first call minus warm call) | {compile_s:.2f} |")
+    print(f"| PGD, warm, whole photo ({steps} steps) | {t_warm:.2f} |")
+    print(f"| per PGD step | {per_step:.4f} |")
+    print(f"| measure after (find faces again, descriptor) | {t_measure:.2f} |")
+    print(f"| total per photo, warm (find + PGD + measure) | {t_find + t_warm + t_measure:.2f} |")
+    print(f"| descriptor forward+backward, one chip | {t_fb:.4f} |")
+    print(f"| step / descriptor forward+backward | {per_step / t_fb:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
