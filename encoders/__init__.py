@@ -15,7 +15,8 @@ class Encoder:
 
     name: registry name. chip_size: side of the square chip it reads (pixels).
     view: how the chip is cut from the photo: 'dlib' (dlib's 5-point template with `padding` and
-      its pyramid downsampling).
+      its pyramid downsampling), 'arcface' (InsightFace's 112 px template), 'facenet' / 'clip'
+      (a square face crop resized to chip_size).
     load(path_or_None) -> params pytree (None: the bundled weights, where there are any).
     apply(params, chips) -> (N, embed_dim) for float32 chips (N, chip_size, chip_size, 3) in [0, 1].
     distance: 'euclidean' or 'cosine'; threshold: same person below it.
@@ -53,4 +54,4 @@ def names() -> list[str]:
 
 
 def _ensure_builtin() -> None:
-    from encoders import dlib_resnet  # noqa: F401  (registers itself)
+    from encoders import arcface, clip_vit, dlib_resnet, facenet  # noqa: F401  (register themselves)
