@@ -41,10 +41,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from encoders.facenet import (CheckpointError, _first_line, _flax_to_torch_name, bilinear_resize,
-                              count_params, l2_normalize, read_tensors,
-                              state_dict_to_variables, write_tensors)
+from encoders.facenet import l2_normalize
 from idguardian_jax.checkpoints import cache
+from idguardian_jax.checkpoints.tensors import (CheckpointError, _first_line, _flax_to_torch_name,
+                                                bilinear_resize, count_params, read_tensors,
+                                                state_dict_to_variables, write_tensors)
 
 NAME = "arcface"
 CHIP_SIZE = 112

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from encoders.facenet import CheckpointError, bilinear_resize, read_safetensors
+from idguardian_jax.checkpoints.tensors import CheckpointError, bilinear_resize, read_safetensors
 
 NAME = "clip_vit"
 CHIP_SIZE = 224

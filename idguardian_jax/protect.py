@@ -20,13 +20,13 @@ import json
 import os
 import sys
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 
 import encoders as encoder_registry
-from idguardian_jax import engine, images, jsonio, objective, parallel, views
+from idguardian_jax import engine, images, objective, parallel, views
 from idguardian_jax.attack import pgd
 from idguardian_jax.faces import align, analyze
 

@@ -11,7 +11,7 @@ import pytest
 
 import reference_models as rm
 from encoders import clip_vit
-from encoders.facenet import CheckpointError, read_safetensors, write_safetensors
+from idguardian_jax.checkpoints.tensors import CheckpointError, read_safetensors, write_safetensors
 
 
 def _torch_embed(model, image_size):
