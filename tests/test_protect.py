@@ -86,3 +86,22 @@ def test_psnr_floor_holds_on_a_face_filling_crop(protector, faces_dir):
     assert r.psnr >= 40.0 and r.max_change <= 8
     unlimited, = protect.protect(img, protector=protector)
     assert unlimited.psnr < 40.0  # without the floor this crop would fall below it
+
+
+def test_decoy_objective_pulls_toward_the_decoy(protector, faces_dir):
+    import encoders
+
+    cfg = tiny.get_config()
+    cfg.attack.steps = 6
+    cfg.objective.decoy_photo = os.path.join(faces_dir, "biden.jpg")
+    pr = protect.Protector(cfg, models=protector.models)
+    img = _photo(faces_dir, "n000050_A_0003_01.png")
+    r, = protect.protect(img, protector=pr)
+    prep = pr.prepare(0, img)
+    enc = encoders.get("dlib_resnet")
+    decoy = pr.decoy["dlib_resnet"][0]
+    before = np.linalg.norm(prep.clean["dlib_resnet"][0] - decoy)
+    after_prep = pr.prepare(0, r.protected)
+    after = np.linalg.norm(after_prep.clean["dlib_resnet"][0] - decoy)
+    assert after < before - 0.1, (before, after)
+    assert enc.threshold == 0.6
