@@ -50,7 +50,7 @@ class ObjectiveConfig:
 
 
 def photo_views(x01: jax.Array, arrays: dict, groups: tuple[ViewGroup, ...], key: jax.Array | None,
-                jitter: Jitter, quantize: bool) -> jax.Array:
+                jitter: Jitter, quantize: bool, rounding: str = "floor") -> jax.Array:
     """Every face chip of one encoder, (F, rows, cols, 3) float32 in [0, 1].
 
     x01: (H, W, 3) region in [0, 1]; arrays/groups: from PhotoPlan for that encoder.
@@ -71,7 +71,7 @@ def photo_views(x01: jax.Array, arrays: dict, groups: tuple[ViewGroup, ...], key
 
             affine = jax.vmap(jit_one)(affine, keys, arrays["chip_per_px"][sl])
         sample = functools.partial(warp.sample_view, window=g.window, n_down=g.n_down,
-                                   rows=g.rows, cols=g.cols)
+                                   rows=g.rows, cols=g.cols, rounding=rounding)
         chips.append(jax.vmap(sample, in_axes=(None, 0, 0, 0))(
             x255, arrays["start"][sl], affine, arrays["level_shape"][sl]))
     return jnp.concatenate(chips, axis=0) / 255.0
@@ -84,7 +84,7 @@ def photo_embeddings(x01, arrays, groups, params, key, cfg: ObjectiveConfig, jit
         enc = encoder_registry.get(name)
         chips = photo_views(x01, arrays[name], groups[name],
                             None if key is None else jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF),
-                            jitter, cfg.quantize)
+                            jitter, cfg.quantize, "floor" if enc.view == "dlib" else "round")
         out[name] = enc.apply(params[name], chips)
     return out
 

@@ -29,6 +29,7 @@ import encoders as encoder_registry
 from idguardian_jax import engine, images, objective, parallel, views
 from idguardian_jax.attack import pgd
 from idguardian_jax.faces import align, analyze
+from idguardian_jax.losses import identity
 
 VERSION = "0.1.0"
 
@@ -73,13 +74,20 @@ class Models:
     params: dict[str, Any]  # encoder name -> params
 
     @classmethod
-    def load(cls, config) -> "Models":
-        faces = analyze.FaceModels.load()
+    def load(cls, config, faces: analyze.FaceModels | None = None) -> "Models":
+        faces = faces or analyze.FaceModels.load()
         params = {}
+        checkpoints = config.objective.get("checkpoints", {}) or {}
         for name, _ in config.objective.encoders:
             enc = encoder_registry.get(name)
-            params[name] = faces.resnet if name == "dlib_resnet" else enc.load(
-                config.objective.get("checkpoints", {}).get(name) or None)
+            if name == "dlib_resnet" and not checkpoints.get(name):
+                params[name] = faces.resnet
+                continue
+            path = checkpoints.get(name)
+            if not path:
+                raise UsageError(f"encoder {name} needs its weights: set "
+                                 f"--config.objective.checkpoints.{name}=PATH")
+            params[name] = enc.load(path)
         return cls(faces, params)
 
 
@@ -88,13 +96,17 @@ class Models:
 # ------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class FaceReport:
+    """Distances are dlib's (the yardstick, always measured); `encoders` holds, per encoder of the
+    objective, {'after': distance to the clean embedding, 'threshold': same person below it}."""
+
     box: list[int]
     score: float | None
     distance_in_loop: float | None = None       # the loop's own view, no jitter, 8-bit photo
     distance_before: float | None = None        # clean photo, same pipeline (0 unless nondeterministic)
     distance_after: float | None = None         # protected photo, faces found again
     found_again: bool | None = None             # the detector still finds this face
-    protected: bool | None = None               # distance_after above the encoder's threshold
+    protected: bool | None = None               # distance_after above dlib's threshold
+    encoders: dict[str, dict] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -138,8 +150,9 @@ class _Prepared:
     rgb: np.ndarray
     faces: list[analyze.Face]
     plan: views.PhotoPlan | None
-    clean: dict[str, np.ndarray]
+    clean: dict[str, np.ndarray]  # encoder -> (F, E) in the plan's slot order
     key: np.ndarray
+    chip_plans: dict[str, list] = dataclasses.field(default_factory=dict)
 
 
 class Protector:
@@ -154,32 +167,47 @@ class Protector:
         if config.objective.decoy_photo:
             self.decoy = self._decoy_embeddings(config.objective.decoy_photo)
 
-    def _decoy_embeddings(self, path: str) -> dict[str, np.ndarray]:
-        photo = images.read_photo(path)
-        faces = analyze.find_faces(photo.rgb, self.models.faces, self.config.detect.upsample)
-        if not faces:
-            raise ValueError(f"{path}: no face found in the decoy photo")
-        face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-        return self._clean_embeddings(photo.rgb, [face])
+    @property
+    def encoder_names(self) -> list[str]:
+        return [name for name, _ in self.cfg.objective.encoders]
 
-    def _clean_embeddings(self, rgb, faces) -> dict[str, np.ndarray]:
+    def find_faces(self, rgb: np.ndarray) -> list[analyze.Face]:
+        return analyze.find_faces(rgb, self.models.faces, self.config.detect.upsample,
+                                  with68=analyze.needs_68(self.encoder_names))
+
+    def chip_plans(self, rgb: np.ndarray, faces) -> dict[str, list]:
+        """encoder name -> one ChipPlan per face (how that encoder's pipeline cuts the chip)."""
+        return {n: [analyze.chip_plan_for(encoder_registry.get(n), f, rgb.shape) for f in faces]
+                for n in self.encoder_names}
+
+    def embeddings(self, rgb: np.ndarray, chip_plans: dict[str, list]) -> dict[str, np.ndarray]:
+        """encoder name -> (F, E) embeddings of the exact (uint8) chips."""
         out = {}
-        for name, _ in self.cfg.objective.encoders:
+        for name, plans in chip_plans.items():
             enc = encoder_registry.get(name)
-            chips = np.stack([align.extract_chip(rgb, f.plan) for f in faces])
+            chips = np.stack([align.extract_chip(rgb, p, analyze.rounding_for(enc)) for p in plans])
             out[name] = np.asarray(enc.apply(self.models.params[name], chips.astype(np.float32) / 255))
         return out
 
+    def _decoy_embeddings(self, path: str) -> dict[str, np.ndarray]:
+        photo = images.read_photo(path)
+        faces = self.find_faces(photo.rgb)
+        if not faces:
+            raise ValueError(f"{path}: no face found in the decoy photo")
+        face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+        return self.embeddings(photo.rgb, self.chip_plans(photo.rgb, [face]))
+
     def prepare(self, index: int, rgb: np.ndarray) -> _Prepared:
-        faces = analyze.find_faces(rgb, self.models.faces, self.config.detect.upsample)
+        faces = self.find_faces(rgb)
         if not faces:
             return _Prepared(index, rgb, [], None, {}, photo_key(rgb, self.config.seed))
-        chip_plans = {name: [f.plan for f in faces] for name, _ in self.cfg.objective.encoders}
+        chip_plans = self.chip_plans(rgb, faces)
         plan = views.plan_photo(rgb.shape[:2], chip_plans)
-        clean = self._clean_embeddings(rgb, faces)
+        clean = self.embeddings(rgb, chip_plans)
         # per-slot order of the plan (faces are grouped by view shape)
         clean = {n: e[plan.arrays[n]["face"]] for n, e in clean.items()}
-        return _Prepared(index, rgb, faces, plan, clean, photo_key(rgb, self.config.seed))
+        return _Prepared(index, rgb, faces, plan, clean, photo_key(rgb, self.config.seed),
+                         chip_plans)
 
     def run(self, prepared: Sequence[_Prepared]) -> dict[int, tuple]:
         """PGD on every prepared photo with faces, batched by signature: index -> outputs."""
@@ -244,32 +272,41 @@ class Protector:
                            losses=[float(v) for v in losses])
 
     def measure(self, p: _Prepared, protected: np.ndarray, in_loop=None) -> list[FaceReport]:
-        """Each clean face: distance to its clean embedding after finding faces again (dlib)."""
-        name = "dlib_resnet"
+        """Each clean face, measured like an attacker: faces found again on the protected photo,
+        chips cut again, distance to the clean embedding (dlib always; every objective encoder)."""
         m = self.models.faces
-        threshold = encoder_registry.get(name).threshold
-        clean_desc = self._clean_embeddings(p.rgb, p.faces)
-        again_clean = analyze.describe(p.rgb, [dataclasses.replace(f) for f in p.faces], m)
-        again_prot = analyze.analyze(protected, m, self.config.detect.upsample)
-        slot_of_face = None
-        if in_loop is not None and name in in_loop:
-            slot_of_face = {int(f): s for s, f in enumerate(p.plan.arrays[name]["face"])}
+        dlib_thr = encoder_registry.get("dlib_resnet").threshold
+        dlib_clean = analyze.describe(p.rgb, [dataclasses.replace(f) for f in p.faces], m)
+        dlib_again_clean = analyze.describe(p.rgb, [dataclasses.replace(f) for f in p.faces], m)
+        again = self.find_faces(protected)
+        analyze.describe(protected, again, m)
         reports = []
         for i, f in enumerate(p.faces):
             r = FaceReport(box=[int(v) for v in f.box], score=f.score)
-            if name in clean_desc:
-                ref = clean_desc[name][i]
-                mb = _match(f.box, again_clean)
-                ma = _match(f.box, again_prot)
-                r.distance_before = None if mb is None else float(np.linalg.norm(mb.descriptor - ref))
-                r.found_again = ma is not None
+            ref = dlib_clean[i].descriptor
+            r.distance_before = float(np.linalg.norm(dlib_again_clean[i].descriptor - ref))
+            ma = _match(f.box, again)
+            r.found_again = ma is not None
+            if ma is not None:
+                r.distance_after = float(np.linalg.norm(ma.descriptor - ref))
+                r.protected = r.distance_after >= dlib_thr
+            else:
+                r.protected = True  # the face is no longer detected at all
+            for name in self.encoder_names:
+                enc = encoder_registry.get(name)
+                slot = {int(fi): s for s, fi in enumerate(p.plan.arrays[name]["face"])}[i]
+                entry = {"threshold": enc.threshold, "after": None, "in_loop": None}
+                if in_loop is not None and name in in_loop:
+                    entry["in_loop"] = float(in_loop[name][slot])
                 if ma is not None:
-                    r.distance_after = float(np.linalg.norm(ma.descriptor - ref))
-                    r.protected = r.distance_after >= threshold
-                else:
-                    r.protected = True  # the face is no longer detected at all
-            if slot_of_face is not None:
-                r.distance_in_loop = float(in_loop[name][slot_of_face[i]])
+                    plan = analyze.chip_plan_for(enc, ma, protected.shape)
+                    emb = self.embeddings(protected, {name: [plan]})[name][0]
+                    d = np.asarray(identity.embedding_distance(emb[None], p.clean[name][slot][None],
+                                                               enc.distance))[0]
+                    entry["after"] = float(d)
+                r.encoders[name] = entry
+            if "dlib_resnet" in r.encoders:
+                r.distance_in_loop = r.encoders["dlib_resnet"]["in_loop"]
             reports.append(r)
         return reports
 

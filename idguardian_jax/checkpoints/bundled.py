@@ -10,6 +10,7 @@ import os
 
 DETECTOR = "mmod_human_face_detector.dat"
 SHAPE_PREDICTOR_5 = "shape_predictor_5_face_landmarks.dat"
+SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
 RESNET = "dlib_face_recognition_resnet_model_v1.dat"
 
 

@@ -38,6 +38,27 @@ ARCFACE_TEMPLATE_112 = np.array([
     (70.7299, 92.2041)], dtype=np.float64)
 
 
+def insightface_template(size: int) -> np.ndarray:
+    """InsightFace's alignment template for a square chip of `size` px (face_align.estimate_norm):
+    the 112 px ArcFace template scaled by size/112 when size is a multiple of 112, else by size/128
+    and shifted right by 8 * size/128 (e.g. 160 px for FaceNet-sized crops)."""
+    if size % 112 == 0:
+        return ARCFACE_TEMPLATE_112 * (size / 112.0)
+    ratio = size / 128.0
+    return ARCFACE_TEMPLATE_112 * ratio + np.array([8.0 * ratio, 0.0])
+
+
+def points5_from_68(points68: np.ndarray) -> np.ndarray:
+    """The five points InsightFace aligns on, from dlib's 68-point landmarks (x, y):
+    image-left eye centre (mean of 36-41), image-right eye centre (42-47), nose tip (30),
+    mouth corners (48, 54). InsightFace's detectors were trained on their own annotation, so this is
+    close to, not identical with, the points they would find."""
+    p = np.asarray(points68, np.float64)
+    if p.shape != (68, 2):
+        raise ValueError(f"expected 68 landmarks of shape (68, 2), got {p.shape}")
+    return np.stack([p[36:42].mean(0), p[42:48].mean(0), p[30], p[48], p[54]])
+
+
 @dataclasses.dataclass(frozen=True)
 class ChipDetails:
     """dlib::chip_details: a rotated rectangle (l, t, r, b inclusive, float) and the chip size."""
@@ -186,6 +207,31 @@ def chip_plan(details: ChipDetails, image_shape: tuple[int, int]) -> ChipPlan:
     return ChipPlan(box, n_down, level_shape, a, details.rows, details.cols)
 
 
+def template_chip_plan(points: np.ndarray, template: np.ndarray, size: int,
+                       image_shape: tuple[int, int]) -> ChipPlan:
+    """A chip cut like InsightFace's norm_crop (cv2.warpAffine of a similarity transform fitted
+    from the landmarks to the template; bilinear, no pyramid), as a ChipPlan with n_down = 0.
+
+    points, template: (5, 2) (x, y), photo pixels and chip pixels. The crop box is the chip's
+    footprint in the photo (plus a pixel), clipped to the photo.
+    """
+    height, width = int(image_shape[0]), int(image_shape[1])
+    m, t = similarity_transform(points, template)  # photo -> chip
+    inv = np.linalg.inv(m)
+    off = -inv @ t  # chip -> photo: inv @ p + off
+    corners = np.array([[0, 0], [size - 1, 0], [0, size - 1], [size - 1, size - 1]], float)
+    foot = corners @ inv.T + off
+    left = max(0, int(np.floor(foot[:, 0].min())) - 1)
+    top = max(0, int(np.floor(foot[:, 1].min())) - 1)
+    right = min(width - 1, int(np.ceil(foot[:, 0].max())) + 1)
+    bottom = min(height - 1, int(np.ceil(foot[:, 1].max())) + 1)
+    if left > right or top > bottom:
+        raise ValueError("the face's chip lies entirely outside the photo")
+    affine = np.concatenate([inv, (off - [left, top])[:, None]], axis=1)
+    return ChipPlan((top, left, bottom, right), 0, (bottom - top + 1, right - left + 1), affine,
+                    size, size)
+
+
 _BINOMIAL = np.array([1, 4, 6, 4, 1], np.uint32)
 
 
@@ -204,8 +250,12 @@ def pyramid_down2(img: np.ndarray) -> np.ndarray:
     return (out // 256).astype(np.uint8)
 
 
-def bilinear_uint8(level: np.ndarray, affine: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """dlib transform_image with interpolate_bilinear into a (rows, cols) uint8 chip."""
+def bilinear_uint8(level: np.ndarray, affine: np.ndarray, rows: int, cols: int,
+                   rounding: str = "floor") -> np.ndarray:
+    """dlib transform_image with interpolate_bilinear into a (rows, cols) uint8 chip.
+
+    rounding: 'floor' truncates as dlib does; 'round' rounds as OpenCV's warpAffine does.
+    """
     nr, nc = level.shape[:2]
     cc, rr = np.meshgrid(np.arange(cols, dtype=np.float64), np.arange(rows, dtype=np.float64))
     x = affine[0, 0] * cc + affine[0, 1] * rr + affine[0, 2]
@@ -221,16 +271,18 @@ def bilinear_uint8(level: np.ndarray, affine: np.ndarray, rows: int, cols: int) 
     bl, br = f[tc + 1, lc], f[tc + 1, lc + 1]
     v = (1 - fy) * ((1 - fx) * tl + fx * tr) + fy * ((1 - fx) * bl + fx * br)
     v = np.where(inside[..., None], v, 0.0)
+    if rounding == "round":
+        v = np.round(v)
     return v.astype(np.uint8)  # static_cast<unsigned char>: truncation
 
 
-def extract_chip(image: np.ndarray, plan: ChipPlan) -> np.ndarray:
+def extract_chip(image: np.ndarray, plan: ChipPlan, rounding: str = "floor") -> np.ndarray:
     """Follow a ChipPlan on an RGB uint8 photo (H, W, 3): dlib's uint8 chip (rows, cols, 3)."""
     t, l, b, r = plan.box
     level = image[t:b + 1, l:r + 1]
     for _ in range(plan.n_down):
         level = pyramid_down2(level)
-    return bilinear_uint8(level, plan.affine, plan.rows, plan.cols)
+    return bilinear_uint8(level, plan.affine, plan.rows, plan.cols, rounding)
 
 
 def face_chip(image: np.ndarray, landmarks: np.ndarray, size: int = 150,

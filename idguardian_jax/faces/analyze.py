@@ -25,6 +25,7 @@ class Face:
     landmarks: (5, 2) float64 (x, y) photo pixels, dlib's integer points.
     details / plan: dlib's chip geometry and how it is extracted from this photo.
     descriptor: (128,) float32 or None until described.
+    landmarks68: (68, 2) dlib's 68 points, when an encoder aligned InsightFace-style needs them.
     """
 
     box: tuple[int, int, int, int]
@@ -33,21 +34,33 @@ class Face:
     details: align.ChipDetails
     plan: align.ChipPlan
     descriptor: np.ndarray | None = None
+    landmarks68: np.ndarray | None = None
 
 
 @dataclasses.dataclass
 class FaceModels:
-    """dlib's three models, loaded once: detector, 5-point predictor, ResNet descriptor."""
+    """dlib's models, loaded once: detector, 5-point predictor, ResNet descriptor, and (on first
+    use) the 68-point predictor for encoders aligned on eye centres and mouth corners."""
 
     detector: detect.MMODDetector
     predictor: landmarks.ShapePredictor
     resnet: dict
+    predictor68: landmarks.ShapePredictor | None = None
 
     @classmethod
     def load(cls, use_cache: bool = True) -> "FaceModels":
         return cls(detect.load_detector(use_cache=use_cache),
                    landmarks.load_shape_predictor(use_cache=use_cache),
                    dlib_resnet.load(use_cache=use_cache))
+
+    def ensure_68(self) -> landmarks.ShapePredictor:
+        """Load shape_predictor_68_face_landmarks.dat (parsed once, ~45 s, then cached)."""
+        if self.predictor68 is None:
+            from idguardian_jax.checkpoints import bundled
+
+            self.predictor68 = landmarks.load_shape_predictor(
+                bundled.model_path(bundled.SHAPE_PREDICTOR_68))
+        return self.predictor68
 
 
 @jax.jit
@@ -76,8 +89,12 @@ def face_from_landmarks(image_shape, box, score, points) -> Face:
 
 
 def find_faces(image: np.ndarray, models: FaceModels, upsample_num_times: int = 1,
-               boxes: Sequence[tuple[int, int, int, int]] | None = None) -> list[Face]:
-    """Detect (unless boxes are given) and align every face in an RGB uint8 photo (H, W, 3)."""
+               boxes: Sequence[tuple[int, int, int, int]] | None = None,
+               with68: bool = False) -> list[Face]:
+    """Detect (unless boxes are given) and align every face in an RGB uint8 photo (H, W, 3).
+
+    with68: also find dlib's 68 landmarks (needed by the arcface / facenet / clip views).
+    """
     if boxes is None:
         dets = detect.detect_faces(image, models.detector, upsample_num_times=upsample_num_times)
         found = [(d.rect, d.confidence) for d in dets]
@@ -86,8 +103,38 @@ def find_faces(image: np.ndarray, models: FaceModels, upsample_num_times: int = 
     faces = []
     for rect, score in found:
         pts = landmarks.predict_landmarks(image, rect, models.predictor, round_to_int=True)
-        faces.append(face_from_landmarks(image.shape, rect, score, pts))
+        face = face_from_landmarks(image.shape, rect, score, pts)
+        if with68:
+            face.landmarks68 = np.asarray(landmarks.predict_landmarks(
+                image, rect, models.ensure_68(), round_to_int=True), np.float64)
+        faces.append(face)
     return faces
+
+
+def needs_68(encoder_names: Sequence[str]) -> bool:
+    import encoders
+
+    return any(encoders.get(n).view != "dlib" for n in encoder_names)
+
+
+def rounding_for(encoder) -> str:
+    """How the encoder's upstream pipeline turns its float chip into 8 bits."""
+    return "floor" if encoder.view == "dlib" else "round"
+
+
+def chip_plan_for(encoder, face: Face, image_shape) -> align.ChipPlan:
+    """The chip `encoder` reads from this face: dlib's chip for 'dlib' views, InsightFace's
+    norm_crop geometry (template scaled to the chip size) for 'arcface' / 'facenet' / 'clip'."""
+    if encoder.view == "dlib":
+        if (encoder.chip_size, encoder.padding) == (dlib_resnet.CHIP_SIZE, dlib_resnet.CHIP_PADDING):
+            return face.plan
+        details = align.face_chip_details(face.landmarks, encoder.chip_size, encoder.padding)
+        return align.chip_plan(details, image_shape[:2])
+    if face.landmarks68 is None:
+        raise ValueError(f"encoder {encoder.name} needs 68-point landmarks (find_faces with68=True)")
+    return align.template_chip_plan(align.points5_from_68(face.landmarks68),
+                                    align.insightface_template(encoder.chip_size),
+                                    encoder.chip_size, image_shape[:2])
 
 
 def describe(image: np.ndarray, faces: list[Face], models: FaceModels) -> list[Face]:

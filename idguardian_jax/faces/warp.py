@@ -50,11 +50,12 @@ def pyramid_down2(img: jax.Array) -> jax.Array:
 
 
 def bilinear_sample(level: jax.Array, affine: jax.Array, level_shape: jax.Array,
-                    rows: int, cols: int) -> jax.Array:
+                    rows: int, cols: int, rounding: str = "floor") -> jax.Array:
     """dlib transform_image + interpolate_bilinear, truncated: (rows, cols, C) 0..255 values.
 
     level: (H, W, C); affine: (2, 3) chip (col, row, 1) -> level (x, y);
     level_shape: (2,) int, dlib's level size (pixels at or beyond it count as outside).
+    rounding: 'floor' (dlib's truncation) or 'round' (OpenCV's warpAffine), straight-through.
     """
     cc, rr = jnp.meshgrid(jnp.arange(cols, dtype=jnp.float32), jnp.arange(rows, dtype=jnp.float32))
     x = affine[0, 0] * cc + affine[0, 1] * rr + affine[0, 2]
@@ -70,11 +71,13 @@ def bilinear_sample(level: jax.Array, affine: jax.Array, level_shape: jax.Array,
     tl, tr = level[ti, li], level[ti, li + 1]
     bl, br = level[ti + 1, li], level[ti + 1, li + 1]
     v = (1 - fy) * ((1 - fx) * tl + fx * tr) + fy * ((1 - fx) * bl + fx * br)
-    return floor_st(jnp.where(inside[..., None], v, 0.0))
+    v = jnp.where(inside[..., None], v, 0.0)
+    return round_st(v) if rounding == "round" else floor_st(v)
 
 
 def sample_view(photo255: jax.Array, start: jax.Array, affine: jax.Array, level_shape: jax.Array,
-                *, window: tuple[int, int], n_down: int, rows: int, cols: int) -> jax.Array:
+                *, window: tuple[int, int], n_down: int, rows: int, cols: int,
+                rounding: str = "floor") -> jax.Array:
     """One face chip from a photo of 0..255 values (H, W, 3) -> (rows, cols, 3) 0..255 values.
 
     start: (2,) int (top, left) of dlib's crop box; the photo must extend at least `window` past it
@@ -83,7 +86,7 @@ def sample_view(photo255: jax.Array, start: jax.Array, affine: jax.Array, level_
     win = jax.lax.dynamic_slice(photo255, (start[0], start[1], 0), (window[0], window[1], 3))
     for _ in range(n_down):
         win = pyramid_down2(win)
-    return bilinear_sample(win, affine, level_shape, rows, cols)
+    return bilinear_sample(win, affine, level_shape, rows, cols, rounding)
 
 
 def jitter_affine(affine: jax.Array, key: jax.Array, rows: int, cols: int, shift: float,
