@@ -20,6 +20,8 @@ class Encoder:
     load(path_or_None) -> params pytree (None: the bundled weights, where there are any).
     apply(params, chips) -> (N, embed_dim) for float32 chips (N, chip_size, chip_size, 3) in [0, 1].
     distance: 'euclidean' or 'cosine'; threshold: same person below it.
+    to_tree(params) -> (nested dict of arrays, JSON-able meta) and from_tree(tree, meta) -> params:
+      how params are stored in the converted Flax format (idguardian-convert).
     """
 
     name: str
@@ -31,6 +33,8 @@ class Encoder:
     distance: str
     threshold: float
     embed_dim: int
+    to_tree: Callable[[Any], Any] = lambda params: (params, {})
+    from_tree: Callable[[Any, Any], Any] = lambda tree, meta: tree
 
 
 _REGISTRY: dict[str, Encoder] = {}
@@ -46,6 +50,26 @@ def get(name: str) -> Encoder:
     if name not in _REGISTRY:
         raise KeyError(f"unknown encoder {name!r}; available: {', '.join(names())}")
     return _REGISTRY[name]
+
+
+def load_params(name: str, path: str | None = None):
+    """An encoder's params from an upstream checkpoint (its own loader) or from a file that
+    idguardian-convert wrote (the Flax tree in one .safetensors file)."""
+    import jax
+    import jax.numpy as jnp
+
+    from idguardian_jax.checkpoints import tensors
+
+    enc = get(name)
+    if path is not None:
+        found = tensors.read_flax(path)
+        if found is not None:
+            stored, tree, meta = found
+            if stored != name:
+                raise tensors.CheckpointError(
+                    f"{path}: a converted {stored or 'unknown'} checkpoint, not {name}")
+            return enc.from_tree(jax.tree_util.tree_map(jnp.asarray, tree), meta)
+    return enc.load(path) if path is not None else enc.load()
 
 
 def names() -> list[str]:

@@ -383,7 +383,9 @@ def _register():
 
     return encoders.register(encoders.Encoder(
         name=NAME, chip_size=CHIP_SIZE, view="clip", padding=0.0, load=load, apply=apply,
-        distance="cosine", threshold=THRESHOLD, embed_dim=EMBED_DIM))
+        distance="cosine", threshold=THRESHOLD, embed_dim=EMBED_DIM,
+        to_tree=lambda p: (p.variables, dataclasses.asdict(p.config)),
+        from_tree=lambda tree, meta: CLIPParams(tree, CLIPVisionConfig.from_dict(meta))))
 
 
 ENCODER = _register()

@@ -79,7 +79,7 @@ class Models:
         params = {}
         checkpoints = config.objective.get("checkpoints", {}) or {}
         for name, _ in config.objective.encoders:
-            enc = encoder_registry.get(name)
+            encoder_registry.get(name)  # an unknown name fails here, clearly
             if name == "dlib_resnet" and not checkpoints.get(name):
                 params[name] = faces.resnet
                 continue
@@ -87,7 +87,7 @@ class Models:
             if not path:
                 raise UsageError(f"encoder {name} needs its weights: set "
                                  f"--config.objective.checkpoints.{name}=PATH")
-            params[name] = enc.load(path)
+            params[name] = encoder_registry.load_params(name, path)
         return cls(faces, params)
 
 

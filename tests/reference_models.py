@@ -196,20 +196,27 @@ def export_onnx(model, path: str, size: int, fold: bool = True, opset: int = 13)
 def import_facenet_pytorch():
     """facenet_pytorch's InceptionResnetV1 class. The package imports torchvision for its MTCNN
     code only; if torchvision does not import, stub the two names it reads at import time."""
+    stubs = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
+             "torchvision.ops", "torchvision.ops.boxes")
+    stubbed = False
     try:
         import torchvision  # noqa: F401
     except Exception:  # not installed, or a build that does not load beside this torch
         for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
             del sys.modules[name]
-        for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
-                     "torchvision.ops", "torchvision.ops.boxes"):
+        for name in stubs:
             sys.modules[name] = types.ModuleType(name)
         sys.modules["torchvision.ops.boxes"].batched_nms = None
         sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
         sys.modules["torchvision.transforms"].functional = sys.modules[
             "torchvision.transforms.functional"]
-    from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
-
+        stubbed = True
+    try:
+        from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
+    finally:
+        if stubbed:  # other libraries (transformers) probe torchvision: leave no stub behind
+            for name in stubs:
+                sys.modules.pop(name, None)
     return InceptionResnetV1
 
 

@@ -251,3 +251,44 @@ def bilinear_resize(x: jax.Array, size: int | tuple[int, int]) -> jax.Array:
     if x.shape[1:3] == (h, w):
         return x
     return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "bilinear", antialias=False)
+
+
+# ------------------------------------------------------------------------------------------
+# Our converted format: a Flax parameter tree in one .safetensors file
+# ------------------------------------------------------------------------------------------
+FLAX_FORMAT = "idguardian-flax-v1"
+
+
+def save_flax(path: str | os.PathLike, tree: Mapping[str, Any], encoder: str,
+              meta: Mapping[str, Any] | None = None) -> None:
+    """A nested dict of arrays (Flax variables) as one .safetensors file, keys 'a/b/c'; the
+    encoder name and its JSON-able metadata (e.g. a model config) go in the file's metadata."""
+    import json
+
+    from idguardian_jax.checkpoints import cache
+
+    flat = {k: np.asarray(v) for k, v in cache.flatten(dict(tree)).items()}
+    write_safetensors(path, flat, {"format": FLAX_FORMAT, "encoder": encoder,
+                                   "meta": json.dumps(dict(meta or {}))})
+
+
+def read_flax(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """(encoder name, Flax tree, metadata) of a file written by save_flax; None for other files."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    from idguardian_jax.checkpoints import cache
+
+    path = os.fspath(path)
+    if not (os.path.isfile(path) and path.endswith(".safetensors")):
+        return None
+    try:
+        with safe_open(path, framework="numpy") as f:
+            md = f.metadata() or {}
+            if md.get("format") != FLAX_FORMAT:
+                return None
+            flat = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a safetensors file, or truncated ({_first_line(e)})") from None
+    return md.get("encoder", ""), cache.unflatten(flat), json.loads(md.get("meta") or "{}")
