@@ -86,3 +86,25 @@ def test_embed_usage_errors(tmp_path):
     assert proc.returncode == 2 and "no_such_flag" in proc.stderr
     proc, data = _embed([str(tmp_path / "missing.jpg")], tmp_path)
     assert proc.returncode == 1 and "no such file" in data["images"][0]["error"]
+
+
+def test_embed_other_encoder_and_aligned(tmp_path, faces_dir):
+    torch = pytest.importorskip("torch")
+    import reference_models as rm
+
+    ckpt = tmp_path / "facenet.pt"
+    torch.save(rm.random_facenet(0, classify_head=8631).state_dict(), ckpt)
+    photo = os.path.join(faces_dir, "n000050_A_0003_01.png")
+    proc, data = _embed(["--encoder=facenet", f"--checkpoint={ckpt}", "--compare", photo, photo],
+                        tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    face = data["images"][0]["faces"][0]
+    assert len(face["descriptor"]) == 512 and data["encoder"] == "facenet"
+    assert abs(np.linalg.norm(face["descriptor"]) - 1) < 1e-4
+    assert data["comparisons"][0]["distance"] < 1e-5 and data["comparisons"][0]["same_person"]
+    chip = tmp_path / "chip.png"
+    Image.fromarray(np.full((160, 160, 3), 120, np.uint8)).save(chip)
+    proc, data = _embed(["--encoder=facenet", f"--checkpoint={ckpt}", "--aligned", str(chip)], tmp_path)
+    assert proc.returncode == 0 and len(data["images"][0]["faces"][0]["descriptor"]) == 512
+    proc, data = _embed(["--encoder=facenet", "--aligned", str(chip)], tmp_path)
+    assert proc.returncode == 1

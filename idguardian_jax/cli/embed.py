@@ -2,6 +2,7 @@ r"""idguardian-embed: faces, landmarks and identity descriptors of photos, as JS
 
   idguardian-embed photo.jpg other.png folder/ [--compare] [--output=faces.json]
   idguardian-embed --aligned chips/            # inputs are already aligned 150x150 dlib chips
+  idguardian-embed --encoder=arcface --checkpoint=w600k_r50.onnx photo.jpg   # any registered encoder
 
 Output (stdout, or --output=FILE.json written atomically):
   {"images": [{"path": str, "width": int, "height": int, "error": str|null,
@@ -9,8 +10,12 @@ Output (stdout, or --output=FILE.json written atomically):
                           "landmarks": [[x, y] x 5], "descriptor": [128 floats]}]}],
    "comparisons": [...]}            # with --compare
 `path` is as given on the command line, or relative to the input folder. Boxes are dlib's inclusive
-rectangles. With --compare, every pair of faces gets its Euclidean descriptor distance and dlib's
-same-person decision (distance < 0.6).
+rectangles. Faces are always found with dlib's models; each encoder reads its own aligned chip
+(dlib's 150 px chip; InsightFace-style crops for arcface 112, facenet 160, clip_vit 224), or with
+--aligned the input itself, which must be the encoder's chip size (only its normalization applies).
+`descriptor` holds the embedding (for clip_vit the projected image_embeds). With --compare, every
+pair of faces gets the encoder's distance (Euclidean for dlib, cosine otherwise) and its
+same-person decision (distance below the encoder's threshold, 0.6 for dlib).
 
 Exit status: 0 all inputs read, 1 some inputs failed (each named on stderr and in the JSON),
 2 usage error.
@@ -30,22 +35,37 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "Write the JSON here (atomically) instead of stdout.")
 flags.DEFINE_bool("aligned", False, "Inputs are aligned 150x150 dlib chips: no detection.")
 flags.DEFINE_bool("compare", False, "Add pairwise distances and dlib's same-person decision.")
-flags.DEFINE_enum("encoder", "dlib_resnet", ["dlib_resnet"], "Identity encoder.")
+flags.DEFINE_enum("encoder", "dlib_resnet", ["dlib_resnet", "arcface", "facenet", "clip_vit"],
+                  "Identity encoder.")
+flags.DEFINE_string("checkpoint", None, "The encoder's weights (upstream format or converted); "
+                    "dlib_resnet defaults to the bundled file.")
 flags.DEFINE_integer("upsample", 1, "Times the detector upsamples the photo (dlib's "
                      "upsample_num_times; 1 finds faces down to ~40 px).", lower_bound=0)
 flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS, "Refuse larger photos.")
 
 
 def embed_paths(inputs: list[tuple[str, str]], aligned: bool = False, upsample: int = 1,
-                max_pixels: int = images.DEFAULT_MAX_PIXELS, models=None) -> list[dict]:
+                max_pixels: int = images.DEFAULT_MAX_PIXELS, models=None,
+                encoder: str = "dlib_resnet", checkpoint: str | None = None) -> list[dict]:
     """The per-image records of the JSON output (see the module docstring)."""
     import numpy as np
-    from encoders import dlib_resnet
-    from idguardian_jax.faces import analyze
 
-    if models is None:
-        models = analyze.FaceModels.load() if not aligned else None
-    resnet = models.resnet if models is not None else dlib_resnet.load()
+    import encoders
+    from idguardian_jax.faces import align, analyze
+
+    enc = encoders.get(encoder)
+    if models is None and not aligned:
+        models = analyze.FaceModels.load()
+    if encoder == "dlib_resnet" and checkpoint is None:
+        params = models.resnet if models is not None else encoders.load_params(encoder)
+    else:
+        params = encoders.load_params(encoder, checkpoint)
+
+    def embed(chips_u8):
+        if encoder == "dlib_resnet":
+            return analyze.describe_chips(params, chips_u8)
+        return np.asarray(enc.apply(params, np.asarray(chips_u8, np.float32) / 255.0))
+
     records = []
     for open_path, report_path in inputs:
         rec = {"path": report_path, "width": None, "height": None, "error": None, "faces": []}
@@ -57,22 +77,25 @@ def embed_paths(inputs: list[tuple[str, str]], aligned: bool = False, upsample: 
             continue
         rec["width"], rec["height"] = photo.width, photo.height
         if aligned:
-            if photo.rgb.shape[:2] != (dlib_resnet.CHIP_SIZE, dlib_resnet.CHIP_SIZE):
-                rec["error"] = (f"{open_path}: --aligned expects a {dlib_resnet.CHIP_SIZE}x"
-                                f"{dlib_resnet.CHIP_SIZE} dlib chip, got {photo.width}x{photo.height}")
+            size = enc.chip_size
+            if photo.rgb.shape[:2] != (size, size):
+                rec["error"] = (f"{open_path}: --aligned expects a {size}x{size} {encoder} chip, "
+                                f"got {photo.width}x{photo.height}")
                 continue
-            desc = analyze.describe_chips(resnet, photo.rgb[None])[0]
             rec["faces"].append({"box": [0, 0, photo.width - 1, photo.height - 1], "score": None,
-                                 "landmarks": None, "descriptor": _floats(desc)})
+                                 "landmarks": None, "descriptor": _floats(embed(photo.rgb[None])[0])})
             continue
-        faces = analyze.analyze(photo.rgb, models, upsample_num_times=upsample)
-        for f in faces:
-            rec["faces"].append({
-                "box": [int(v) for v in f.box],
-                "score": None if f.score is None else float(f.score),
-                "landmarks": [[float(x), float(y)] for x, y in np.asarray(f.landmarks)],
-                "descriptor": _floats(f.descriptor),
-            })
+        faces = analyze.find_faces(photo.rgb, models, upsample, with68=enc.view != "dlib")
+        if faces:
+            chips = np.stack([align.extract_chip(photo.rgb, analyze.chip_plan_for(enc, f, photo.rgb.shape),
+                                                 analyze.rounding_for(enc)) for f in faces])
+            for f, d in zip(faces, embed(chips)):
+                rec["faces"].append({
+                    "box": [int(v) for v in f.box],
+                    "score": None if f.score is None else float(f.score),
+                    "landmarks": [[float(x), float(y)] for x, y in np.asarray(f.landmarks)],
+                    "descriptor": _floats(d),
+                })
     return records
 
 
@@ -80,17 +103,21 @@ def _floats(v) -> list[float]:
     return [float(x) for x in v]
 
 
-def compare(records: list[dict], threshold: float = 0.6) -> list[dict]:
-    """All pairs of faces across the records: distance and same-person decision."""
+def compare(records: list[dict], encoder: str = "dlib_resnet") -> list[dict]:
+    """All pairs of faces across the records: the encoder's distance and same-person decision."""
     import numpy as np
 
-    faces = [(r["path"], i, np.asarray(f["descriptor"]))
+    import encoders
+    from idguardian_jax.losses import identity
+
+    enc = encoders.get(encoder)
+    faces = [(r["path"], i, np.asarray(f["descriptor"], np.float32))
              for r in records for i, f in enumerate(r["faces"])]
     out = []
     for (pa, ia, da), (pb, ib, db) in itertools.combinations(faces, 2):
-        dist = float(np.linalg.norm(da - db))
+        dist = float(np.asarray(identity.embedding_distance(da[None], db[None], enc.distance))[0])
         out.append({"a": {"path": pa, "face": ia}, "b": {"path": pb, "face": ib},
-                    "distance": dist, "same_person": dist < threshold})
+                    "distance": dist, "same_person": dist < enc.threshold})
     return out
 
 
@@ -101,11 +128,16 @@ def main(argv: list[str]) -> int:
     inputs = common.list_inputs(paths)
     if not inputs:
         raise app.UsageError(f"no image files found in {' '.join(paths)}", exitcode=common.EXIT_USAGE)
-    records = embed_paths(inputs, aligned=FLAGS.aligned, upsample=FLAGS.upsample,
-                          max_pixels=FLAGS.max_pixels)
-    result: dict = {"images": records}
+    try:
+        records = embed_paths(inputs, aligned=FLAGS.aligned, upsample=FLAGS.upsample,
+                              max_pixels=FLAGS.max_pixels, encoder=FLAGS.encoder,
+                              checkpoint=FLAGS.checkpoint)
+    except (OSError, ValueError) as e:  # the encoder's weights: missing, damaged, foreign
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return common.EXIT_SOME_FAILED
+    result: dict = {"images": records, "encoder": FLAGS.encoder}
     if FLAGS.compare:
-        result["comparisons"] = compare(records)
+        result["comparisons"] = compare(records, FLAGS.encoder)
     failed = [r for r in records if r["error"]]
     for r in failed:
         print(f"error: {r['error']}", file=sys.stderr)
