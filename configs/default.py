@@ -38,6 +38,15 @@ def get_config():
     c.objective.jitter.rotation = 0.03    # radians
     c.objective.jitter.scale = 0.03       # relative
 
+    # Expectation over transformation (configs/robust.py turns it on): per step, one random
+    # differentiable post-processing, strength uniform in the (low, high) range; () = off.
+    c.objective.eot = ml_collections.ConfigDict()
+    c.objective.eot.p_identity = 0.0
+    c.objective.eot.jpeg_quality = ()
+    c.objective.eot.resize_scale = ()
+    c.objective.eot.blur_sigma = ()
+    c.objective.eot.noise_std = ()
+
     c.detect = ml_collections.ConfigDict()
     c.detect.upsample = 1             # dlib's upsample_num_times, as face_recognition uses
 

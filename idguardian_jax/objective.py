@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 import encoders as encoder_registry
+from idguardian_jax.attack import eot as eot_lib
 from idguardian_jax.faces import warp
 from idguardian_jax.losses import identity
 from idguardian_jax.views import ViewGroup
@@ -47,16 +48,16 @@ class ObjectiveConfig:
     cap: float | None = None
     quantize: bool = True
     jitter: Jitter = Jitter()
+    eot: eot_lib.EoTConfig = eot_lib.EoTConfig()
 
 
-def photo_views(x01: jax.Array, arrays: dict, groups: tuple[ViewGroup, ...], key: jax.Array | None,
-                jitter: Jitter, quantize: bool, rounding: str = "floor") -> jax.Array:
+def photo_views(x255: jax.Array, arrays: dict, groups: tuple[ViewGroup, ...], key: jax.Array | None,
+                jitter: Jitter, rounding: str = "floor") -> jax.Array:
     """Every face chip of one encoder, (F, rows, cols, 3) float32 in [0, 1].
 
-    x01: (H, W, 3) region in [0, 1]; arrays/groups: from PhotoPlan for that encoder.
+    x255: (H, W, 3) region, 0..255 values; arrays/groups: from PhotoPlan for that encoder.
     With a key and an active jitter, each chip is re-aligned at random.
     """
-    x255 = warp.quantize_uint8_st(x01) if quantize else jnp.clip(x01, 0, 1) * 255.0
     chips, at = [], 0
     for gi, g in enumerate(groups):
         sl = slice(at, at + g.count)
@@ -77,21 +78,32 @@ def photo_views(x01: jax.Array, arrays: dict, groups: tuple[ViewGroup, ...], key
     return jnp.concatenate(chips, axis=0) / 255.0
 
 
-def photo_embeddings(x01, arrays, groups, params, key, cfg: ObjectiveConfig, jitter: Jitter):
-    """encoder name -> (F, E) embeddings of every face's view."""
+def photo_embeddings(x01, arrays, groups, params, key, cfg: ObjectiveConfig, jitter: Jitter,
+                     eot: eot_lib.EoTConfig | None = None):
+    """encoder name -> (F, E) embeddings of every face's view.
+
+    The region is rounded to 8 bits as it will be written (cfg.quantize), then, with a key and an
+    active `eot`, post-processed by one random transform (JPEG, resize, blur, noise) before the
+    views are cut: the chip each encoder sees is that of the processed photo.
+    """
+    x255 = warp.quantize_uint8_st(x01) if cfg.quantize else jnp.clip(x01, 0, 1) * 255.0
+    if key is not None and eot is not None and eot.active:
+        offset = arrays["_photo"]["offset"]
+        x255 = eot_lib.random_transform(x255, jax.random.fold_in(key, 0x5EED), eot,
+                                        (offset[0], offset[1]))
     out = {}
     for name, _ in cfg.encoders:
         enc = encoder_registry.get(name)
-        chips = photo_views(x01, arrays[name], groups[name],
+        chips = photo_views(x255, arrays[name], groups[name],
                             None if key is None else jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF),
-                            jitter, cfg.quantize, "floor" if enc.view == "dlib" else "round")
+                            jitter, "floor" if enc.view == "dlib" else "round")
         out[name] = enc.apply(params[name], chips)
     return out
 
 
 def photo_loss(delta, x01, arrays, clean, decoy, params, key, *, groups, cfg: ObjectiveConfig):
     """Scalar loss of one photo region to minimize (mean over faces of the weighted terms)."""
-    embs = photo_embeddings(x01 + delta, arrays, groups, params, key, cfg, cfg.jitter)
+    embs = photo_embeddings(x01 + delta, arrays, groups, params, key, cfg, cfg.jitter, cfg.eot)
     total, count = 0.0, 0
     for name, weight in cfg.encoders:
         enc = encoder_registry.get(name)

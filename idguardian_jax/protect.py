@@ -27,7 +27,7 @@ import numpy as np
 
 import encoders as encoder_registry
 from idguardian_jax import engine, images, objective, parallel, views
-from idguardian_jax.attack import pgd
+from idguardian_jax.attack import eot, pgd
 from idguardian_jax.faces import align, analyze
 from idguardian_jax.losses import identity
 
@@ -40,6 +40,12 @@ VERSION = "0.1.0"
 def engine_config(config) -> engine.EngineConfig:
     """EngineConfig from an ml_collections config (configs/default.py)."""
     a, o, j = config.attack, config.objective, config.objective.jitter
+    e = o.get("eot", None)
+
+    def rng(name):
+        v = e.get(name) if e is not None else None
+        return None if not v else (float(v[0]), float(v[1]))
+
     return engine.EngineConfig(
         pgd=pgd.PGDConfig(eps=float(config.budget), steps=int(a.steps), step_size=float(a.step_size),
                           optimizer=a.optimizer, schedule=a.schedule,
@@ -49,7 +55,10 @@ def engine_config(config) -> engine.EngineConfig:
             objective="decoy" if o.decoy_photo else "away",
             cap=None if not o.cap else float(o.cap),
             quantize=bool(o.quantize),
-            jitter=objective.Jitter(float(j.shift_px), float(j.rotation), float(j.scale))),
+            jitter=objective.Jitter(float(j.shift_px), float(j.rotation), float(j.scale)),
+            eot=eot.EoTConfig(p_identity=float(e.p_identity) if e is not None else 0.0,
+                              jpeg_quality=rng("jpeg_quality"), resize_scale=rng("resize_scale"),
+                              blur_sigma=rng("blur_sigma"), noise_std=rng("noise_std"))),
         per_device=int(config.batch.per_device),
         loop=a.loop)
 

@@ -48,6 +48,7 @@ class PhotoPlan:
       start (F, 2) int32 window top-left in region pixels; affine (F, 2, 3) float32 chip ->
       level; level_shape (F, 2) int32; chip_per_px (F,) float32 chip pixels per photo pixel;
       face (F,) int32 index of the face in the photo's face list.
+      Under the key '_photo': offset (2,) int32, the region's top-left in the photo.
     support: (height, width) float32, 1 where some view reads the photo (dlib's crop boxes).
     """
 
@@ -111,6 +112,8 @@ def plan_photo(image_shape: tuple[int, int], chip_plans: dict[str, Sequence[alig
                                      for _, p, _ in mine], np.float32),
             "face": np.array([i for i, _, _ in mine], np.int32),
         }
+    # photo-level values the loop needs (the region's place in the photo: JPEG's block grid)
+    arrays["_photo"] = {"offset": np.array([top, left], np.int32)}
     return PhotoPlan((top, left, rh, rw), groups, arrays, support)
 
 
