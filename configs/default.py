@@ -54,6 +54,14 @@ def get_config():
     c.batch.per_device = 1            # photos per device per program call
     c.batch.window = 16               # photos read and prepared together (grouped by shape)
 
+    # Dataset jobs (idguardian_jax/jobs.py): input pipeline threads and photos read ahead, how
+    # often throughput is reported, and whether a folder holding another job may be redone.
+    c.job = ml_collections.ConfigDict()
+    c.job.read_threads = 2
+    c.job.prefetch = 8
+    c.job.report_every_s = 30.0
+    c.job.allow_changed_settings = False
+
     c.output = ml_collections.ConfigDict()
     c.output.format = "png"           # 'png'; 'jpeg'/'webp' weaken the protection
     c.output.quality = 95             # for lossy formats

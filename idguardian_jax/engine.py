@@ -111,7 +111,8 @@ def _run_chunk(params, part, groups_items, cfg: EngineConfig, mesh):
     step = _compiled("step", groups_items, cfg, mesh)
     losses = []
     for i in range(cfg.pgd.steps):
-        carry, loss = step(params, carry, jnp.int32(i), x, support, l2_max, arrays, clean, decoy)
+        idx = parallel.replicate(np.int32(i), mesh)
+        carry, loss = step(params, carry, idx, x, support, l2_max, arrays, clean, decoy)
         losses.append(loss)
     delta = carry[0]
     losses = jnp.stack(losses, axis=1) if losses else jnp.zeros((x.shape[0], 0), jnp.float32)
@@ -129,10 +130,13 @@ def protect_batch(params: dict[str, Any], x: np.ndarray, support: np.ndarray, l2
     arrays/clean/decoy: per encoder, leading axis B. key_data: (B, 2) uint32.
     Returns numpy (delta (B, H, W, 3), losses (B, steps), distances after / before: name -> (B, F)).
     B is padded internally to a multiple of per_device x devices; chunks run one after another.
+    With several processes (jax.distributed), every process calls this together with its own rows
+    (at most per_device x its local devices, one global chunk) and gets its own rows back.
     """
-    n_dev = mesh.devices.size
-    chunk = cfg.per_device * n_dev
+    chunk = parallel.local_batch_size(mesh, cfg.per_device)
     b = x.shape[0]
+    if jax.process_count() > 1 and b > chunk:
+        raise ValueError(f"with several processes each call takes at most {chunk} rows, got {b}")
     groups_items = tuple(sorted(groups.items()))
     params = parallel.replicate(params, mesh)
     batch = (x, support, np.asarray(l2_max, np.float32), arrays, clean, decoy, key_data)
@@ -141,7 +145,7 @@ def protect_batch(params: dict[str, Any], x: np.ndarray, support: np.ndarray, l2
         part = jax.tree_util.tree_map(lambda a: _pad_rows(a[lo:lo + chunk], chunk), batch)
         out = _run_chunk(params, parallel.shard_batch(part, mesh), groups_items, cfg, mesh)
         n = min(chunk, b - lo)
-        outs.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], out))
+        outs.append(jax.tree_util.tree_map(lambda a: a[:n], parallel.to_local(out)))
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=0), *outs)
 
 

@@ -22,10 +22,51 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def local_batch_size(mesh: Mesh, per_device: int) -> int:
+    """Rows this process contributes to one global batch: per_device x its devices in the mesh."""
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    return per_device * len(local)
+
+
 def shard_batch(tree, mesh: Mesh):
-    """Put host arrays whose leading axis is the batch onto the mesh, split along 'data'."""
-    return jax.device_put(tree, batch_sharding(mesh))
+    """Host arrays whose leading axis is this process's part of the batch -> global arrays split
+    along 'data'. With one process that is a device_put; with several, each process passes its own
+    rows (jax.make_array_from_process_local_data) and the global batch is their concatenation in
+    process order."""
+    sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree_util.tree_map(
+        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
 
 
 def replicate(tree, mesh: Mesh):
-    return jax.device_put(tree, replicated(mesh))
+    """The same host values on every device of the mesh (every process passes the same values)."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(a):
+        if isinstance(a, jax.Array) and a.sharding == sharding:
+            return a
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def to_local(tree):
+    """Global arrays split along 'data' -> this process's rows as numpy (in batch order)."""
+    def one(a):
+        if jax.process_count() == 1 or a.is_fully_addressable:
+            return np.asarray(a)
+        shards = sorted(a.addressable_shards, key=lambda s: s.index[0].start or 0)
+        seen, rows = set(), []
+        for sh in shards:
+            start = sh.index[0].start or 0
+            if start not in seen:
+                seen.add(start)
+                rows.append(np.asarray(sh.data))
+        return np.concatenate(rows, axis=0)
+
+    return jax.tree_util.tree_map(one, tree)

@@ -226,25 +226,63 @@ class Protector:
                 by_sig.setdefault(p.plan.signature, []).append(p)
         results = {}
         for group in by_sig.values():
-            plan0 = group[0].plan
-            x = np.stack([views.crop_region(p.rgb, p.plan.region) for p in group]).astype(np.float32) / 255
-            support = np.stack([p.plan.support for p in group])
-            arrays = jax.tree_util.tree_map(lambda *a: np.stack(a), *[p.plan.arrays for p in group])
-            arrays = {n: {k: v for k, v in a.items() if k != "face"} for n, a in arrays.items()}
-            clean = {n: np.stack([p.clean[n] for p in group]) for n in plan0.groups}
-            decoy = {}
-            if self.decoy is not None:
-                decoy = {n: np.stack([np.repeat(self.decoy[n], len(p.clean[n]), axis=0)
-                                      for p in group]) for n in plan0.groups}
-            keys = np.stack([p.key for p in group])
-            l2_max = np.array([self.l2_radius(p.rgb.shape) for p in group], np.float32)
-            delta, losses, after, before = engine.protect_batch(
-                self.models.params, x, support, l2_max, arrays, clean, decoy, keys,
-                groups=plan0.groups, cfg=self.cfg, mesh=self.mesh)
+            sig = group[0].plan.signature
+            out = self.run_group(group, (sig[0], sig[1], group[0].plan.groups))
             for i, p in enumerate(group):
-                results[p.index] = (x[i], delta[i], losses[i],
-                                    {n: v[i] for n, v in after.items()})
+                results[p.index] = out[i]
         return results
+
+    def run_group(self, group: Sequence[_Prepared], shape) -> dict[int, tuple]:
+        """PGD on photos of one signature (shape = (height, width, groups)); position -> outputs.
+
+        With several processes every process calls this together for the same shape, some with
+        no photos: they contribute dummy rows (whose results are dropped)."""
+        h, w, groups = shape
+        rows = [self._inputs(p) for p in group]
+        if not rows:
+            rows = [self._dummy_inputs(h, w, groups)]
+        x, support, l2_max, arrays, clean, decoy, keys = (
+            jax.tree_util.tree_map(lambda *a: np.stack(a), *[r[i] for r in rows]) for i in range(7))
+        delta, losses, after, before = engine.protect_batch(
+            self.models.params, x, support, l2_max, arrays, clean, decoy, keys,
+            groups=groups, cfg=self.cfg, mesh=self.mesh)
+        return {i: (x[i], delta[i], losses[i], {n: v[i] for n, v in after.items()})
+                for i in range(len(group))}
+
+    def _inputs(self, p: _Prepared) -> tuple:
+        x = views.crop_region(p.rgb, p.plan.region).astype(np.float32) / 255
+        arrays = {n: {k: v for k, v in a.items() if k != "face"} for n, a in p.plan.arrays.items()}
+        decoy = {}
+        if self.decoy is not None:
+            decoy = {n: np.repeat(self.decoy[n], len(p.clean[n]), axis=0) for n in p.plan.groups}
+        return (x, p.plan.support, np.float32(self.l2_radius(p.rgb.shape)), arrays,
+                {n: p.clean[n] for n in p.plan.groups}, decoy, p.key)
+
+    def embed_dims(self) -> dict[str, int]:
+        """encoder name -> embedding size of the loaded weights."""
+        if not hasattr(self, "_embed_dims"):
+            dims = {}
+            for name in self.encoder_names:
+                enc = encoder_registry.get(name)
+                shape = jax.ShapeDtypeStruct((1, enc.chip_size, enc.chip_size, 3), np.float32)
+                dims[name] = jax.eval_shape(enc.apply, self.models.params[name], shape).shape[-1]
+            self._embed_dims = dims
+        return self._embed_dims
+
+    def _dummy_inputs(self, h: int, w: int, groups: dict) -> tuple:
+        """A placeholder row of a signature (zeros; a valid identity view) for batch padding."""
+        arrays, clean = {}, {}
+        for name, gs in groups.items():
+            f = sum(g.count for g in gs)
+            level = np.array([[g.window[0], g.window[1]] for g in gs for _ in range(g.count)], np.int32)
+            affine = np.tile(np.array([[1, 0, 0], [0, 1, 0]], np.float32), (f, 1, 1))
+            arrays[name] = {"start": np.zeros((f, 2), np.int32), "affine": affine,
+                            "level_shape": level, "chip_per_px": np.ones((f,), np.float32)}
+            clean[name] = np.zeros((f, self.embed_dims()[name]), np.float32)
+        arrays["_photo"] = {"offset": np.zeros((2,), np.int32)}
+        decoy = {n: c.copy() for n, c in clean.items()} if self.decoy is not None else {}
+        return (np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32), np.float32(1e15),
+                arrays, clean, decoy, np.zeros((2,), np.uint32))
 
     def l2_radius(self, shape) -> float:
         """L2 radius (on [0, 1] pixels) that keeps the full-photo PSNR above the floor.
@@ -387,8 +425,7 @@ def default_config():
 SUMMARY_NAME = "idguardian_summary.jsonl"
 
 
-class UsageError(ValueError):
-    """Bad arguments (exit status 2)."""
+from idguardian_jax.jobs import UsageError  # noqa: E402  (bad arguments: exit status 2)
 
 
 def _inside(child: str, parent: str) -> bool:
@@ -429,180 +466,36 @@ def plan_outputs(inputs: Sequence[tuple[str, str]], output_dir: str, fmt: str,
     return out
 
 
-def _load_summary(path: str) -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash
-                if isinstance(rec, dict) and "path" in rec:
-                    done[rec["path"]] = rec
-    return done
-
-
-def _append_record(path: str, rec: dict) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(rec) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-class _Progress:
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.done, self.stream, self.t0 = total, 0, stream, time.time()
-        self.bar = None
-        if stream.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="photo", file=stream, dynamic_ncols=True)
-
-    def update(self, rec: dict) -> None:
-        self.done += 1
-        faces = rec.get("faces") or []
-        dist = [f.get("distance_after") for f in faces if f.get("distance_after") is not None]
-        msg = f"{rec['path']}: {rec['status']}"
-        if dist:
-            msg += f", distance after {min(dist):.3f}"
-        if rec.get("psnr") is not None:
-            msg += f", PSNR {rec['psnr']:.1f} dB"
-        if rec.get("error"):
-            msg = f"{rec['path']}: error: {rec['error']}"
-        if self.bar is not None:
-            self.bar.set_postfix_str(msg[-60:])
-            self.bar.update(1)
-        else:
-            elapsed = time.time() - self.t0
-            eta = elapsed / self.done * (self.total - self.done)
-            self.stream.write(f"[{self.done}/{self.total} eta {eta:.0f}s] {msg}\n")
-            self.stream.flush()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def protect_files(inputs: Sequence[tuple[str, str]], output_dir: str, config,
                   input_roots: Sequence[str] = (), protector: Protector | None = None,
                   progress: bool = True) -> dict:
     """Protect photo files into output_dir (mirroring the input tree). Returns the summary.
 
     inputs: (path to open, path to report) pairs, e.g. from cli.common.list_inputs.
-    One JSON record per photo is appended to output_dir/idguardian_summary.jsonl as it finishes;
-    a rerun skips photos whose record shows the same input, settings and an intact output.
-    A failing photo is recorded with its error and the batch goes on.
+    One JSON record per photo is appended to output_dir/idguardian_summary*.jsonl as it
+    finishes; a rerun skips photos whose record shows the same input, settings and an intact
+    output. A failing photo is recorded with its error and the batch goes on. Under
+    jax.distributed each process protects its own shard (idguardian_jax.jobs).
     """
+    from idguardian_jax import jobs
+
     fmt = config.output.format
     if fmt not in images.OUTPUT_FORMATS:
         raise UsageError(f"--config.output.format must be one of {', '.join(images.OUTPUT_FORMATS)}")
-    notes = []
     if fmt != "png":
-        notes.append(images.LOSSY_WARNING.format(fmt=fmt.upper()))
-        sys.stderr.write("warning: " + notes[-1] + "\n")
+        sys.stderr.write("warning: " + images.LOSSY_WARNING.format(fmt=fmt.upper()) + "\n")
     planned = plan_outputs(inputs, output_dir, fmt, input_roots)
     try:
-        os.makedirs(output_dir, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"{output_dir}: cannot create the output folder ({e.strerror or e})") from None
-    summary_path = os.path.join(output_dir, SUMMARY_NAME)
-    previous = _load_summary(summary_path)
-    settings = settings_hash(config)
-    protector = protector or Protector(config)
-    counts: dict[str, int] = {}
-    records: list[dict] = []
-    prog = _Progress(len(planned)) if progress else None
+        protector = protector or Protector(config)
+        return jobs.run_job(planned, output_dir, config, protector, progress)
+    except jobs.UsageError as e:
+        raise UsageError(str(e)) from None
 
-    def emit(rec: dict) -> None:
-        rec.setdefault("settings", settings)
-        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
-        records.append(rec)
-        if rec["status"] != "skipped":
-            try:
-                _append_record(summary_path, rec)
-            except OSError as e:
-                sys.stderr.write(f"warning: {summary_path}: cannot record progress ({e})\n")
-        if prog:
-            prog.update(rec)
 
-    window = max(1, int(config.batch.window))
-    pending: list[tuple[dict, images.Photo, str]] = []
+def _sha256(path: str) -> str:
+    from idguardian_jax import jobs
 
-    def flush():
-        if not pending:
-            return
-        t0 = time.time()
-        prepared = []
-        for k, (rec, photo, _) in enumerate(pending):
-            try:
-                prepared.append(protector.prepare(k, photo.rgb))
-            except Exception as e:  # noqa: BLE001 - a photo's failure must not stop the batch
-                prepared.append(None)
-                rec["status"], rec["error"] = "error", f"{rec['input']}: {type(e).__name__}: {e}"
-        outs = protector.run([p for p in prepared if p is not None and p.plan is not None])
-        per = (time.time() - t0) / len(pending)
-        for (rec, photo, target), p in zip(pending, prepared):
-            t1 = time.time()
-            if rec.get("status") == "error":
-                emit(rec)
-                continue
-            try:
-                if p.plan is None:
-                    _no_face(rec, photo, target, config)
-                else:
-                    res = protector.finish(p, outs[p.index])
-                    _write_protected(rec, res, photo, target, config, protector.cfg.pgd.eps)
-            except images.ImageWriteError as e:
-                rec["status"], rec["error"] = "error", str(e)
-            except Exception as e:  # noqa: BLE001
-                rec["status"], rec["error"] = "error", f"{rec['input']}: {type(e).__name__}: {e}"
-            rec["seconds"] = round(per + time.time() - t1, 3)
-            emit(rec)
-        pending.clear()
-
-    for open_path, rel, target, err in planned:
-        rec: dict[str, Any] = {"path": rel, "input": open_path, "output": target, "status": None,
-                               "error": err, "faces": []}
-        if err:
-            rec["status"] = "error"
-            emit(rec)
-            continue
-        try:
-            photo = images.read_photo(open_path, max_pixels=int(config.output.max_pixels),
-                                      allow_animated=False)
-        except images.ImageReadError as e:
-            rec["status"], rec["error"] = "error", str(e)
-            emit(rec)
-            continue
-        rec["input_sha256"] = _sha256_file(open_path)
-        old = previous.get(rel)
-        if (old and old.get("settings") == settings and old.get("input_sha256") == rec["input_sha256"]
-                and old.get("status") in ("protected", "copied") and old.get("output")
-                and os.path.exists(old["output"])
-                and _sha256_file(old["output"]) == old.get("output_sha256")):
-            emit(dict(old, status="skipped", previous_status=old["status"]))
-            continue
-        rec["width"], rec["height"] = photo.width, photo.height
-        rec["notes"] = list(photo.notes) + notes
-        pending.append((rec, photo, target))
-        if len(pending) >= window:
-            flush()
-    flush()
-    if prog:
-        prog.close()
-    protected_faces = [f for r in records if r["status"] == "protected" for f in r.get("faces", [])]
-    moved = [f for f in protected_faces if f.get("protected")]
-    return {"photos": len(records), "counts": counts, "faces": len(protected_faces),
-            "faces_past_threshold": len(moved), "summary_file": summary_path, "records": records}
+    return jobs.sha256_file(path)
 
 
 def _no_face(rec: dict, photo: images.Photo, target: str, config) -> None:
@@ -610,7 +503,7 @@ def _no_face(rec: dict, photo: images.Photo, target: str, config) -> None:
         images.write_photo(target, photo.rgb, photo, config.output.format,
                            config.output.strip_metadata, int(config.output.quality))
         rec["status"] = "copied"
-        rec["output_sha256"] = _sha256_file(target)
+        rec["output_sha256"] = _sha256(target)
         rec["notes"].append("no face found: copied unchanged, NOT protected")
     else:
         rec["status"] = "no_face"
@@ -622,6 +515,7 @@ def _no_face(rec: dict, photo: images.Photo, target: str, config) -> None:
 def _write_protected(rec: dict, res: PhotoResult, photo: images.Photo, target: str, config,
                      eps: float) -> None:
     provenance = {"idguardian": json.dumps({"version": VERSION, "settings": rec.get("settings"),
+                                            "input_sha256": rec.get("input_sha256"),
                                             "budget_255": int(round(eps * 255))})}
     images.write_photo(target, res.protected, photo, config.output.format,
                        config.output.strip_metadata, int(config.output.quality),
@@ -631,7 +525,7 @@ def _write_protected(rec: dict, res: PhotoResult, photo: images.Photo, target: s
     budget = int(round(eps * 255))
     rec.update(status="protected", faces=[dataclasses.asdict(f) for f in res.faces],
                psnr=None if res.psnr is None else round(psnr(back.rgb, photo.rgb), 3),
-               max_change=change, budget_255=budget, output_sha256=_sha256_file(target),
+               max_change=change, budget_255=budget, output_sha256=_sha256(target),
                final_loss=None if not res.losses else res.losses[-1])
     if change > budget:
         if config.output.format == "png":

@@ -74,7 +74,7 @@ def test_folder_with_every_kind_of_input(tree, tmp_path, protector):
     assert written.icc_profile == original.icc_profile
     a = images.read_photo(out / "rgba.png")
     assert a.alpha is not None and (a.alpha == 200).all()
-    lines = (out / protect.SUMMARY_NAME).read_text().splitlines()
+    lines = (out / "idguardian_summary.jsonl").read_text().splitlines()
     assert len(lines) == 7 and all(json.loads(l)["path"] for l in lines)
     face_rec = recs["sub/face.jpg"]
     assert face_rec["faces"] and face_rec["psnr"] > 30 and face_rec["max_change"] <= budget
@@ -91,8 +91,11 @@ def test_rerun_skips_and_changed_settings_redo(tree, tmp_path, protector):
     assert (out / "sub" / "face.png").read_bytes() == before
     cfg = tiny.get_config()
     cfg.budget = 2 / 255
-    redo = protect.protect_files(inputs, str(out), cfg, protector=protect.Protector(
-        cfg, models=protector.models), progress=False)
+    other = protect.Protector(cfg, models=protector.models)
+    with pytest.raises(protect.UsageError, match="holds a job with other settings"):
+        protect.protect_files(inputs, str(out), cfg, protector=other, progress=False)
+    cfg.job.allow_changed_settings = True
+    redo = protect.protect_files(inputs, str(out), cfg, protector=other, progress=False)
     assert _by_path(redo)["sub/face.jpg"]["status"] == "protected"
     assert _by_path(redo)["sub/face.jpg"]["max_change"] <= 2
 

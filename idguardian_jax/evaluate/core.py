@@ -1,0 +1,418 @@
+"""Evaluating protected photos against their clean originals, per face, encoder and transform.
+
+For one pair (clean, protected), both (H, W, 3) uint8 RGB of the same size:
+  1. the clean faces: dlib's MMOD detector (or the boxes idguardian-protect recorded for this very
+     file), 5 landmarks, each encoder's chip and clean embedding;
+  2. image quality on the whole photo: PSNR, SSIM, maximum change, LPIPS (when weights are given);
+  3. for each variant (the protected photo itself, 'none', and each post-processing transform of
+     it): faces found again on that image, as an attacker would; each clean face is matched to a
+     found face by box IoU >= 0.3 (the clean box moved by the transform's geometry); the matched
+     face's chip is cut again and embedded; distance to the clean embedding.
+After all photos (`finish`), identity verification against the gallery: the same person's other
+clean photos (largest face of each labelled photo). A face is a protection *success* for an
+encoder when it is not found at all, or its embedding is at or beyond the encoder's threshold from
+its own clean face and from every gallery face; it is *recognized* when found and closer than the
+threshold to some gallery face (the match rate is the share of faces with a gallery that are).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import encoders as encoder_registry
+from idguardian_jax import images
+from idguardian_jax.evaluate import inputs, metrics
+from idguardian_jax.evaluate import transforms as transforms_mod
+from idguardian_jax.faces import align, analyze, detect
+
+MIN_IOU = 0.3
+NONE = "none"
+
+
+@dataclasses.dataclass
+class Variant:
+    """An image the faces are measured on: `source` ('protected' or 'clean') after `transform`.
+    name: the transform's name for the protected photo ('none' = the photo itself), and
+    'clean:<transform>' for the clean photo (the transform's own effect, a baseline)."""
+
+    name: str
+    source: str
+    transform: transforms_mod.Transform
+
+
+@dataclasses.dataclass
+class FaceEval:
+    """One clean face and how it fares on each variant.
+
+    results: variant name -> {'found': bool, 'box': [l, t, r, b] | None,
+                              'encoders': {encoder: {'distance', 'gallery_min', 'recognized',
+                                                     'success'}}}
+    clean: encoder -> {'gallery_min', 'recognized'}: the clean face against its gallery (baseline).
+    """
+
+    index: int
+    box: list[int]
+    score: float | None
+    person: str | None = None
+    gallery: int = 0
+    clean: dict[str, dict] = dataclasses.field(default_factory=dict)
+    results: dict[str, dict] = dataclasses.field(default_factory=dict)
+    clean_emb: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    emb: dict[tuple[str, str], np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+
+    def record(self) -> dict:
+        return {"index": self.index, "box": self.box, "score": self.score, "person": self.person,
+                "gallery": self.gallery, "clean": self.clean, "results": self.results}
+
+
+@dataclasses.dataclass
+class PhotoEval:
+    """One clean photo and its protected copy. status: 'evaluated', 'no_face' or 'error'.
+    psnr is None when the photos are identical (max_change 0). thumbs: JPEG bytes of the clean,
+    protected and amplified-difference thumbnails for the HTML report (not in the JSON)."""
+
+    path: str
+    clean: str | None = None
+    protected: str | None = None
+    status: str = "error"
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    person: str | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    lpips: float | None = None
+    max_change: int | None = None
+    clean_faces_from: str | None = None
+    seconds: float | None = None
+    faces: list[FaceEval] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    thumbs: dict[str, bytes] = dataclasses.field(default_factory=dict, repr=False)
+
+    def record(self) -> dict:
+        d = {k: getattr(self, k) for k in ("path", "clean", "protected", "status", "error", "width",
+                                           "height", "person", "psnr", "ssim", "lpips", "max_change",
+                                           "clean_faces_from", "seconds", "notes")}
+        d["faces"] = [f.record() for f in self.faces]
+        return d
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything one evaluation produced (report.build turns it into the JSON report)."""
+
+    photos: list[PhotoEval]
+    encoders: dict[str, dict]           # name -> {'distance', 'threshold'}
+    variants: list[str]
+    settings: dict[str, Any]
+    notes: list[str] = dataclasses.field(default_factory=list)
+    unpaired: list[str] = dataclasses.field(default_factory=list)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class Evaluator:
+    """Holds the models and settings of one evaluation; `evaluate_pair` per photo, then `finish`.
+
+    encoders: names from the registry; dlib_resnet uses the bundled weights unless checkpoints
+      names a file; every other encoder needs checkpoints[name].
+    transforms: names (see evaluate.transforms) or Transform objects; the protected photo itself
+      ('none') is always evaluated.
+    clean_baseline: also measure each transform on the clean photo ('clean:<name>' variants).
+    lpips_weights: a local LPIPS weights file (evaluate.lpips), or None (LPIPS not computed).
+    upsample: the detector's upsample_num_times (1, as face_recognition).
+    thumb_size: longest side of the report's thumbnails (0: none).
+    """
+
+    def __init__(self, encoders: Sequence[str] = ("dlib_resnet",), checkpoints: dict | None = None,
+                 transforms: Sequence[str | transforms_mod.Transform] = (), clean_baseline: bool = False,
+                 lpips_weights: str | None = None, upsample: int = 1,
+                 models: analyze.FaceModels | None = None, thumb_size: int = 320):
+        checkpoints = dict(checkpoints or {})
+        self.encoder_names = list(dict.fromkeys(encoders))
+        for name in self.encoder_names:
+            encoder_registry.get(name)  # KeyError for an unknown name
+            if name != "dlib_resnet" and not checkpoints.get(name):
+                raise ValueError(f"encoder {name} needs its weights: --checkpoints={name}=PATH")
+        self.models = models or analyze.FaceModels.load()
+        self.params = {}
+        for name in self.encoder_names:
+            path = checkpoints.get(name)
+            self.params[name] = (self.models.resnet if name == "dlib_resnet" and not path
+                                 else encoder_registry.load_params(name, path))
+        self.with68 = analyze.needs_68(self.encoder_names)
+        if self.with68:
+            self.models.ensure_68()
+        self.upsample = int(upsample)
+        self.thumb_size = int(thumb_size)
+        ts = [t if isinstance(t, transforms_mod.Transform) else transforms_mod.parse(t)
+              for t in transforms]
+        ts = [t for t in ts if t.name not in (NONE, "identity")]
+        self.variants = [Variant(NONE, "protected", transforms_mod.parse(NONE))]
+        self.variants += [Variant(t.name, "protected", t) for t in ts]
+        if clean_baseline:
+            self.variants += [Variant(f"clean:{t.name}", "clean", t) for t in ts]
+        self.lpips = None
+        self.lpips_note = "LPIPS not computed: no local weights given (--lpips_weights); never downloaded"
+        if lpips_weights:
+            from idguardian_jax.evaluate import lpips
+
+            self.lpips = lpips.load(lpips_weights)
+            self.lpips_note = f"LPIPS ({self.lpips.net}) from {lpips_weights}"
+        self._detections: collections.OrderedDict = collections.OrderedDict()
+        self._apply: dict[str, Callable] = {}
+        self.timings: dict[str, float] = collections.defaultdict(float)
+
+    # -- faces and embeddings ------------------------------------------------------------------
+    def find_faces(self, rgb: np.ndarray, boxes=None) -> list[analyze.Face]:
+        """Faces of an (H, W, 3) uint8 photo: detected (memoized by pixels), or from given
+        (box, score) pairs; landmarks (and 68 points when an encoder needs them) found on `rgb`."""
+        if boxes is None:
+            key = (hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest(), rgb.shape,
+                   self.upsample)
+            boxes = self._detections.get(key)
+            if boxes is None:
+                t = time.perf_counter()
+                boxes = [(d.rect, d.confidence)
+                         for d in detect.detect_faces(rgb, self.models.detector, self.upsample)]
+                self.timings["detect"] += time.perf_counter() - t
+                self.timings["detections"] += 1
+                self._detections[key] = boxes
+                while len(self._detections) > 4096:
+                    self._detections.popitem(last=False)
+        t = time.perf_counter()
+        faces = analyze.find_faces(rgb, self.models, self.upsample, boxes=[b for b, _ in boxes],
+                                   with68=self.with68)
+        for f, (_, s) in zip(faces, boxes):
+            f.score = None if s is None else float(s)
+        self.timings["landmarks"] += time.perf_counter() - t
+        return faces
+
+    def chip(self, name: str, rgb: np.ndarray, face: analyze.Face) -> np.ndarray:
+        """The (S, S, 3) uint8 chip encoder `name` reads from this face of `rgb`."""
+        enc = encoder_registry.get(name)
+        return align.extract_chip(rgb, analyze.chip_plan_for(enc, face, rgb.shape),
+                                  analyze.rounding_for(enc))
+
+    def embed(self, name: str, chips: np.ndarray) -> np.ndarray:
+        """(N, E) float32 embeddings of (N, S, S, 3) uint8 chips (batches padded to powers of 2)."""
+        t = time.perf_counter()
+        if name == "dlib_resnet":
+            out = analyze.describe_chips(self.params[name], chips)
+        else:
+            n = len(chips)
+            size = 1 << max(0, (n - 1).bit_length())
+            padded = np.zeros((size,) + chips.shape[1:], np.uint8)
+            padded[:n] = chips
+            if name not in self._apply:
+                enc = encoder_registry.get(name)
+                self._apply[name] = jax.jit(lambda p, x: enc.apply(p, x.astype(jnp.float32) / 255.0))
+            out = np.asarray(self._apply[name](self.params[name], padded))[:n]
+        self.timings["embed"] += time.perf_counter() - t
+        return np.asarray(out, np.float32)
+
+    # -- one photo -----------------------------------------------------------------------------
+    def evaluate_pair(self, path: str, clean: np.ndarray, protected: np.ndarray,
+                      person: str | None = None, boxes=None) -> PhotoEval:
+        """Phase 1 for one photo: faces, image quality and every variant's embeddings.
+
+        clean, protected: (H, W, 3) uint8 RGB of the same size. boxes: the clean faces as
+        (box, score) pairs when already known (e.g. from idguardian-protect's records).
+        """
+        t0 = time.perf_counter()
+        pe = PhotoEval(path, person=person, width=int(clean.shape[1]), height=int(clean.shape[0]))
+        if protected.shape != clean.shape:
+            pe.error = (f"{path}: the protected photo is {protected.shape[1]}x{protected.shape[0]}, "
+                        f"the clean one {clean.shape[1]}x{clean.shape[0]}")
+            return pe
+        t = time.perf_counter()
+        pe.max_change = metrics.max_change(clean, protected)
+        pe.psnr = None if pe.max_change == 0 else round(metrics.psnr(clean, protected), 4)
+        pe.ssim = round(metrics.ssim(clean, protected), 6)
+        if self.lpips is not None:
+            pe.lpips = float(f"{self.lpips(clean, protected):.7g}")
+        self.timings["image_metrics"] += time.perf_counter() - t
+        if self.thumb_size:
+            t = time.perf_counter()
+            from idguardian_jax.evaluate import report
+
+            pe.thumbs = report.thumbnails(clean, protected, self.thumb_size)
+            self.timings["thumbnails"] += time.perf_counter() - t
+        pe.clean_faces_from = "detected" if boxes is None else "idguardian-protect records"
+        faces = self.find_faces(clean, boxes)
+        pe.status = "evaluated" if faces else "no_face"
+        if not faces:
+            pe.notes.append("no face found on the clean photo")
+            pe.seconds = round(time.perf_counter() - t0, 3)
+            return pe
+        pe.faces = [FaceEval(i, [int(v) for v in f.box], f.score) for i, f in enumerate(faces)]
+        if person is not None:  # the label names the photo's subject: its largest face
+            sizes = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in faces]
+            pe.faces[int(np.argmax(sizes))].person = person
+        # every variant: faces found again, matched to the clean faces
+        chips = {n: [self.chip(n, clean, f) for f in faces] for n in self.encoder_names}
+        slots: list[tuple[str, int]] = []  # (variant, face index) per extra chip
+        for v in self.variants:
+            t = time.perf_counter()
+            img = v.transform(protected if v.source == "protected" else clean)
+            self.timings["transforms"] += time.perf_counter() - t
+            found = self.find_faces(img)
+            mapped = [v.transform.map_box(f.box, img.shape) for f in faces]
+            match = metrics.match_faces(mapped, [g.box for g in found], MIN_IOU)
+            for i, j in enumerate(match):
+                pe.faces[i].results[v.name] = {
+                    "found": j is not None, "box": None if j is None else [int(x) for x in found[j].box],
+                    "encoders": {}}
+                if j is not None:
+                    slots.append((v.name, i))
+                    for n in self.encoder_names:
+                        chips[n].append(self.chip(n, img, found[j]))
+        for n in self.encoder_names:
+            emb = self.embed(n, np.stack(chips[n]))
+            enc = encoder_registry.get(n)
+            for i, fe in enumerate(pe.faces):
+                fe.clean_emb[n] = emb[i]
+            for (vname, i), e in zip(slots, emb[len(faces):]):
+                fe = pe.faces[i]
+                fe.emb[(vname, n)] = e
+                d = metrics.distance(e, fe.clean_emb[n], enc.distance)
+                fe.results[vname]["encoders"][n] = {"distance": round(d, 6)}
+        pe.seconds = round(time.perf_counter() - t0, 3)
+        return pe
+
+    # -- all photos ----------------------------------------------------------------------------
+    def finish(self, photos: Sequence[PhotoEval]) -> None:
+        """Phase 2: gallery verification and success, in place, once every photo is evaluated."""
+        subjects: dict[str, list[tuple[str, FaceEval]]] = collections.defaultdict(list)
+        for pe in photos:
+            for fe in pe.faces:
+                if fe.person is not None:
+                    subjects[fe.person].append((pe.path, fe))
+        for pe in photos:
+            for fe in pe.faces:
+                gallery = [g for p, g in subjects.get(fe.person, []) if p != pe.path] if fe.person else []
+                fe.gallery = len(gallery)
+                for n in self.encoder_names:
+                    enc = encoder_registry.get(n)
+                    thr = enc.threshold
+                    gal = np.stack([g.clean_emb[n] for g in gallery]) if gallery else None
+                    if gal is not None:
+                        d0 = metrics.distances(fe.clean_emb[n][None], gal, enc.distance)[0]
+                        fe.clean[n] = {"gallery_min": round(float(d0.min()), 6),
+                                       "recognized": bool(d0.min() < thr)}
+                    for vname, res in fe.results.items():
+                        entry = res["encoders"].setdefault(n, {"distance": None})
+                        e = fe.emb.get((vname, n))
+                        gmin = None
+                        if e is not None and gal is not None:
+                            gmin = float(metrics.distances(e[None], gal, enc.distance)[0].min())
+                        entry["gallery_min"] = None if gmin is None else round(gmin, 6)
+                        entry["recognized"] = (None if gal is None else
+                                               bool(e is not None and gmin < thr))
+                        entry["success"] = bool(e is None or (entry["distance"] >= thr and
+                                                              (gmin is None or gmin >= thr)))
+
+    def encoders_info(self) -> dict[str, dict]:
+        return {n: {"distance": encoder_registry.get(n).distance,
+                    "threshold": encoder_registry.get(n).threshold} for n in self.encoder_names}
+
+    def evaluate_folders(self, clean_dir: str, protected_dir: str, identities: str | dict | None = None,
+                         reuse_protect_records: bool = True, max_pixels: int = images.DEFAULT_MAX_PIXELS,
+                         progress: bool = True) -> Run:
+        """Evaluate every clean photo under clean_dir against its copy under protected_dir."""
+        t_start = time.perf_counter()
+        self.timings.clear()
+        pairs, unpaired = inputs.pair_folders(clean_dir, protected_dir)
+        labels = (inputs.read_identities(identities) if isinstance(identities, str)
+                  else dict(identities or {}))
+        records = inputs.protect_records(protected_dir) if reuse_protect_records else {}
+        photos: list[PhotoEval] = []
+        for k, pair in enumerate(pairs, start=1):
+            pe = self._evaluate_file(pair, labels, records, max_pixels)
+            photos.append(pe)
+            if progress:
+                sys.stderr.write(f"[{k}/{len(pairs)}] {progress_line(pe)}\n")
+                sys.stderr.flush()
+        self.finish(photos)
+        self.timings["total"] = time.perf_counter() - t_start
+        notes = [self.lpips_note]
+        if unpaired:
+            notes.append(f"{len(unpaired)} protected photo(s) have no clean photo: "
+                         + ", ".join(unpaired[:5]) + (" ..." if len(unpaired) > 5 else ""))
+        if labels and not any(f.person for p in photos for f in p.faces):
+            notes.append("no identity label matched a clean photo with a face: no verification")
+        settings = {"clean": clean_dir, "protected": protected_dir,
+                    "identities": identities if isinstance(identities, str) else None,
+                    "upsample": self.upsample, "min_iou": MIN_IOU,
+                    "transforms": [v.name for v in self.variants if v.name != NONE],
+                    "reuse_protect_records": reuse_protect_records}
+        return Run(photos, self.encoders_info(), [v.name for v in self.variants], settings, notes,
+                   unpaired, dict(self.timings))
+
+    def _evaluate_file(self, pair: inputs.Pair, labels, records, max_pixels) -> PhotoEval:
+        pe = PhotoEval(pair.key, pair.clean, pair.protected)
+        if pair.error:
+            pe.error = pair.error
+            return pe
+        t = time.perf_counter()
+        try:
+            clean = images.read_photo(pair.clean, max_pixels=max_pixels).rgb
+        except images.ImageReadError as e:
+            pe.error = str(e)
+            return pe
+        boxes = inputs.reusable_boxes(records, pair.clean) if records else None
+        if pair.protected is None:
+            if boxes is not None and not boxes:  # protect found no face and wrote nothing
+                pe.status, pe.width, pe.height = "no_face", clean.shape[1], clean.shape[0]
+                pe.notes.append("no face found on the clean photo (idguardian-protect records); "
+                                "no protected copy")
+                return pe
+            faces = self.find_faces(clean, boxes)
+            if not faces:
+                pe.status, pe.width, pe.height = "no_face", clean.shape[1], clean.shape[0]
+                pe.notes.append("no face found on the clean photo; no protected copy")
+                return pe
+            pe.error = f"{pair.clean}: no protected copy (expected {pair.key.rsplit('.', 1)[0]}.png " \
+                       f"or another image extension under the protected folder)"
+            return pe
+        try:
+            protected = images.read_photo(pair.protected, max_pixels=max_pixels).rgb
+        except images.ImageReadError as e:
+            pe.error = str(e)
+            return pe
+        self.timings["read"] += time.perf_counter() - t
+        if protected.shape != clean.shape:
+            pe.error = (f"{pair.protected}: {protected.shape[1]}x{protected.shape[0]} pixels, but the "
+                        f"clean photo {pair.clean} is {clean.shape[1]}x{clean.shape[0]}")
+            return pe
+        try:
+            out = self.evaluate_pair(pair.key, clean, protected, inputs.person_of(pair.key, labels),
+                                     boxes)
+        except Exception as e:  # noqa: BLE001 - one photo's failure must not stop the others
+            pe.error = f"{pair.clean}: {type(e).__name__}: {e}"
+            return pe
+        out.clean, out.protected = pair.clean, pair.protected
+        return out
+
+
+def progress_line(pe: PhotoEval) -> str:
+    if pe.status == "error":
+        return f"{pe.path}: error: {pe.error}"
+    if pe.status == "no_face":
+        return f"{pe.path}: no face"
+    parts = []
+    for fe in pe.faces:
+        r = fe.results.get(NONE, {})
+        d = (r.get("encoders") or {}).get("dlib_resnet", {}).get("distance")
+        parts.append("not found again" if not r.get("found") else
+                     (f"distance {d:.3f}" if d is not None else "found"))
+    psnr = "identical" if pe.psnr is None else f"PSNR {pe.psnr:.1f} dB"
+    return f"{pe.path}: {len(pe.faces)} face(s) ({'; '.join(parts)}), {psnr} ({pe.seconds:.1f} s)"
+
