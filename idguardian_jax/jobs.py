@@ -120,6 +120,7 @@ class JobDir:
                     f"redo its photos with the new settings")
         if process_index == 0:
             jsonio.write_json_atomic(job_file, {"settings": settings, "created": time.time()})
+        self._remove_stale_temporaries(time.time())
         name = ("idguardian_summary.jsonl" if process_count == 1 else
                 f"idguardian_summary.p{process_index:05d}-of-{process_count:05d}.jsonl")
         self.summary_path = os.path.join(output_dir, name)
@@ -134,11 +135,29 @@ class JobDir:
                     if isinstance(rec, dict) and rec.get("path"):
                         self.done[rec["path"]] = rec
 
+    def _remove_stale_temporaries(self, started: float) -> None:
+        """Temporary files of writes cut short by a crash (older than this start) go away;
+        a running process's fresh ones are newer and stay."""
+        for root, _, files in os.walk(self.output_dir):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    path = os.path.join(root, name)
+                    try:
+                        if os.path.getmtime(path) < started - 1.0:
+                            os.unlink(path)
+                    except OSError:
+                        pass
+
     def finished(self, rel: str, input_sha: str) -> dict | None:
-        """The record of a photo already protected (or copied) with these settings, intact."""
+        """The record of a photo already finished with these settings: protected or copied (its
+        output intact), or found to have no face. Failed photos are tried again."""
         old = self.done.get(rel)
-        if not (old and old.get("settings") == self.settings and old.get("input_sha256") == input_sha
-                and old.get("status") in ("protected", "copied") and old.get("output")
+        if not (old and old.get("settings") == self.settings
+                and old.get("input_sha256") == input_sha):
+            return None
+        if old.get("status") == "no_face":
+            return old
+        if not (old.get("status") in ("protected", "copied") and old.get("output")
                 and os.path.exists(old["output"])):
             return None
         try:

@@ -70,3 +70,38 @@ def to_local(tree):
         return np.concatenate(rows, axis=0)
 
     return jax.tree_util.tree_map(one, tree)
+
+
+def _env_says_distributed() -> bool:
+    import os
+
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and os.environ.get("SLURM_JOB_ID"):
+        return True
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return "," in hosts
+
+
+def initialize_distributed(mode: str = "auto", coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None) -> bool:
+    """Start JAX's multi-controller runtime when asked or when the environment says so.
+
+    mode 'off': never; 'on': always (from the explicit arguments, else from the environment:
+    SLURM, TPU pods, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); 'auto':
+    when explicit arguments are given or the environment describes several processes.
+    Must run before anything touches JAX devices. Returns whether it started.
+    """
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"distributed mode must be auto, on or off, got {mode!r}")
+    explicit = coordinator_address is not None
+    if mode == "off" or (mode == "auto" and not explicit and not _env_says_distributed()):
+        return False
+    # CPU processes talk through gloo (GPU/TPU use their own collectives).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {}
+    if explicit:
+        kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
+                      process_id=process_id)
+    jax.distributed.initialize(**kwargs)
+    return True

@@ -30,17 +30,33 @@ flags.DEFINE_multi_string("input", [], "Photo files or folders (repeatable); pos
                           "arguments are inputs too.")
 flags.DEFINE_string("output", None, "Output folder (created; must not be inside an input folder).")
 flags.DEFINE_bool("progress", True, "Show progress (a bar on a terminal, plain lines otherwise).")
+flags.DEFINE_string("input_list", None, "A file list (.txt), or a manifest (.csv with a 'path' "
+                    "column, .jsonl with \"path\"); paths relative to the list's folder.")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "Multi-process run under "
+                  "jax.distributed: 'auto' starts it when the flags below are given or the "
+                  "environment (SLURM, TPU pod, JAX_COORDINATOR_ADDRESS) describes several processes.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit start).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (explicit start).")
+flags.DEFINE_integer("process_id", None, "This process's index (explicit start).")
 
 
 def main(argv: list[str]) -> int:
-    from idguardian_jax import protect
+    from idguardian_jax import jobs, parallel, protect
 
     paths = list(FLAGS.input) + argv[1:]
-    if not paths:
-        raise app.UsageError("give --input=PHOTO_OR_FOLDER", exitcode=common.EXIT_USAGE)
+    if not paths and not FLAGS.input_list:
+        raise app.UsageError("give --input=PHOTO_OR_FOLDER or --input_list=FILE",
+                             exitcode=common.EXIT_USAGE)
     if not FLAGS.output:
         raise app.UsageError("give --output=FOLDER", exitcode=common.EXIT_USAGE)
+    parallel.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address,
+                                    FLAGS.num_processes, FLAGS.process_id)
     inputs = common.list_inputs(paths)
+    if FLAGS.input_list:
+        try:
+            inputs += jobs.read_input_list(FLAGS.input_list)
+        except jobs.UsageError as e:
+            raise app.UsageError(str(e), exitcode=common.EXIT_USAGE)
     if not inputs:
         raise app.UsageError(f"no image files found in {' '.join(paths)}", exitcode=common.EXIT_USAGE)
     config = FLAGS.config
@@ -60,9 +76,10 @@ def main(argv: list[str]) -> int:
                       + f" (dlib threshold 0.6), PSNR {r['psnr']:.1f} dB, max change "
                       f"{r['max_change']}/255")
     parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    where = "" if summary.get("report") is None else " (all processes: OUTPUT/idguardian_report.json)"
     print(f"{summary['photos']} photos: {parts}; {summary['faces_past_threshold']} of "
           f"{summary['faces']} protected faces moved past dlib's threshold; records in "
-          f"{summary['summary_file']}")
+          f"{summary['summary_file']}{where}")
     return common.EXIT_SOME_FAILED if failed else common.EXIT_OK
 
 

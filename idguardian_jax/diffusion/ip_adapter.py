@@ -26,6 +26,7 @@ on an all-zero *normalized* image (Plus; as IP-Adapter and diffusers do): `uncon
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import flax
@@ -147,6 +148,7 @@ def _dummy(cfg: ImageProjConfig):
             else jnp.zeros((1, cfg.embedding_dim)))
 
 
+@functools.lru_cache(maxsize=8)
 def expected_shapes(cfg: ImageProjConfig) -> dict[str, Any]:
     return jax.eval_shape(lambda: module(cfg).init(jax.random.PRNGKey(0), _dummy(cfg)))
 

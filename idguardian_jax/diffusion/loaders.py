@@ -29,7 +29,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -160,6 +160,13 @@ def torch_path(key: str) -> tuple[tuple[str, ...], str, int | None]:
     return tuple(mods), parts[-1], stack
 
 
+def _flax_shape(ts: tuple) -> tuple:
+    """PyTorch Linear (out, in) / Conv OIHW shape -> Flax kernel shape."""
+    if len(ts) == 4:
+        return (ts[2], ts[3], ts[1], ts[0])
+    return ts[::-1] if len(ts) == 2 else ts
+
+
 def _torch_shape(shape, leaf) -> tuple:
     shape = tuple(shape)
     if leaf == "kernel" and len(shape) == 4:
@@ -191,37 +198,47 @@ class _Assembler:
             return mods + (leaf,), stack, leaf
         return None
 
-    def put(self, path: tuple[str, ...], stack: int | None, value: np.ndarray, key: str,
-            file: str, transform: str | None = None) -> None:
+    def plan(self, path: tuple[str, ...], stack: int | None, torch_shape, key: str, file: str,
+             transform: str | None = None) -> str:
+        """Checks that a tensor of torch_shape fits the leaf; returns the transform."""
         want = self.exp[path]
         leaf = path[-1]
-        v = np.asarray(value)
         t = transform or ("linear" if leaf == "kernel" else "none")
-        if t == "linear":
-            v = v.transpose(2, 3, 1, 0) if v.ndim == 4 else v.T
+        ts = tuple(int(x) for x in torch_shape)
+        got = _flax_shape(ts) if t == "linear" else ts
         shape = tuple(want.shape[1:]) if stack is not None else tuple(want.shape)
         if stack is not None and stack >= want.shape[0]:
             raise CheckpointError(f"{file}: not {self.what}: {key!r} is block {stack} of a stack "
                                   f"of {want.shape[0]}")
-        if tuple(v.shape) != shape:
-            raise CheckpointError(f"{file}: not {self.what}: {key!r} has shape "
-                                  f"{tuple(np.shape(value))}, expected "
-                                  f"{_torch_shape(shape, leaf) if t == 'linear' else shape}")
+        if stack in self.filled.get(path, ()):
+            raise CheckpointError(f"{file}: not {self.what}: {key!r} is given twice (or under "
+                                  f"an old and a new name)")
+        if got != shape:
+            exp = _torch_shape(shape, "kernel") if t == "linear" else shape
+            raise CheckpointError(f"{file}: not {self.what}: {key!r} has shape {ts}, expected "
+                                  f"{tuple(exp)}")
+        self.filled.setdefault(path, set()).add(stack)
+        return t
+
+    def put(self, path: tuple[str, ...], stack: int | None, value: np.ndarray, key: str,
+            file: str, transform: str | None = None) -> None:
+        v = np.asarray(value)
+        t = self.plan(path, stack, v.shape, key, file, transform)
+        if t == "linear":
+            v = v.transpose(2, 3, 1, 0) if v.ndim == 4 else v.T
         if stack is None:
             self.out[path] = np.ascontiguousarray(v, self.dtype)
-            self.filled[path] = {None}
         else:
             buf = self.out.get(path)
             if buf is None:
-                buf = self.out[path] = np.empty(tuple(want.shape), self.dtype)
+                buf = self.out[path] = np.empty(tuple(self.exp[path].shape), self.dtype)
             buf[stack] = v
-            self.filled.setdefault(path, set()).add(stack)
 
-    def finish(self) -> dict[str, Any]:
+    def check_complete(self) -> None:
         missing = []
         for path, want in self.exp.items():
             got = self.filled.get(path, set())
-            stacked = path[:-1] and any(p in STACKED for p in path)
+            stacked = any(p in STACKED for p in path[:-1])
             need = set(range(want.shape[0])) if stacked else {None}
             if not need <= got:
                 idx = sorted(need - got, key=lambda x: -1 if x is None else x)[0]
@@ -230,6 +247,9 @@ class _Assembler:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise CheckpointError(f"{self.where}: not {self.what}: missing tensor "
                                   f"{missing[0]!r}{more}")
+
+    def finish(self) -> dict[str, Any]:
+        self.check_complete()
         return _unflatten({p: jax.device_put(v) for p, v in self.out.items()})
 
 
@@ -257,11 +277,62 @@ def _assemble(files: list[str], expected, where: str, what: str, dtype,
             continue
         path, stack, _ = t
         asm.put(path, stack, get(), key, file)
+    _raise_unexpected(unexpected, what)
+    return asm.finish()
+
+
+def _raise_unexpected(unexpected, what):
     if unexpected:
         key, file = unexpected[0]
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
         raise CheckpointError(f"{file}: not {what}: unexpected tensor {key!r}{more}")
-    return asm.finish()
+
+
+def check_layout(shapes: Mapping[str, Sequence[int]], expected, where: str, what: str,
+                 rename: Callable[[str], str | None] = lambda k: k) -> None:
+    """Checks torch names / shapes (e.g. a safetensors header, a meta-device state dict)
+    against an expected Flax tree, reading no tensor data: every key used, every leaf filled."""
+    asm = _Assembler(expected, where, what, np.float32)
+    unexpected = []
+    for key, shape in shapes.items():
+        name = rename(key)
+        if name is None:
+            continue
+        t = asm.target(name)
+        if t is None:
+            unexpected.append((key, where))
+            continue
+        asm.plan(t[0], t[1], shape, key, where)
+    _raise_unexpected(unexpected, what)
+    asm.check_complete()
+
+
+def header_shapes(files: list[str]) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor of safetensors files, from their headers only."""
+    from safetensors import safe_open
+
+    out = {}
+    for f in files:
+        try:
+            with safe_open(f, framework="numpy") as h:
+                for k in h.keys():
+                    out[k] = tuple(h.get_slice(k).get_shape())
+        except Exception as e:
+            raise CheckpointError(f"{f}: not a safetensors file, or truncated ({_first_line(e)})"
+                                  ) from None
+    return out
+
+
+def check_unet_folder(path: str | os.PathLike) -> unet_lib.UNetConfig:
+    """Validates a (possibly huge) UNet folder's config and tensor names / shapes from the
+    safetensors headers, without reading weights. Returns the config."""
+    folder = component_folder(path, "unet")
+    cfg_path = os.path.join(folder, "config.json")
+    cfg = unet_lib.UNetConfig.from_dict(_read_json(cfg_path), cfg_path)
+    files = weight_files(folder)
+    check_layout(header_shapes(files), unet_lib.expected_shapes(cfg)["params"],
+                 files[0] if len(files) == 1 else folder, f"the UNet of {cfg_path}")
+    return cfg
 
 
 # ------------------------------------------------------------------------------------------

@@ -118,12 +118,12 @@ def _load_encoder(folder: str):
         raise CheckpointError(f"{folder}: no model.safetensors (only single-file safetensors text "
                               f"encoders are read)")
     try:
-        model = cls.from_pretrained(folder, local_files_only=True)
+        model, params = cls.from_pretrained(folder, local_files_only=True, _do_init=False)
     except Exception as e:
         raise CheckpointError(f"{folder}/model.safetensors: not the text encoder of its "
                               f"config.json ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
                               ) from None
-    return model, with_proj
+    return model, params, with_proj
 
 
 def _tokenize(tok_folder: str, prompts: list[str]) -> np.ndarray:
@@ -139,9 +139,9 @@ def compute_prompt_embeds(root: str, prompt: str) -> PromptEmbeds:
     sdxl = len(parts) == 2 or os.path.basename(parts[0][0]) == "text_encoder_2"
     embeds, pooled = [], None
     for te, tok in parts:
-        model, with_proj = _load_encoder(te)
+        model, params, with_proj = _load_encoder(te)
         ids = _tokenize(tok, [prompt])
-        out = model(ids, output_hidden_states=True)
+        out = model(ids, params=params, output_hidden_states=True)
         if sdxl:
             embeds.append(np.asarray(out.hidden_states[-2], np.float32)[0])
             if with_proj:

@@ -609,8 +609,10 @@ def _dummy_inputs(cfg: UNetConfig, batch: int = 1, size: int | None = None):
     return sample, t, ctx, ip, te, tid
 
 
+@functools.lru_cache(maxsize=16)
 def expected_shapes(cfg: UNetConfig) -> dict[str, Any]:
-    """{'params': tree of ShapeDtypeStruct} in the nested diffusers naming (no computation)."""
+    """{'params': tree of ShapeDtypeStruct} in the nested diffusers naming (no computation;
+    cached per config: treat as read-only)."""
     sample, t, ctx, ip, te, tid = _dummy_inputs(cfg)
     shapes = jax.eval_shape(
         lambda: UNetModule(cfg).init(jax.random.PRNGKey(0), sample, t, ctx, ip, 1.0, te, tid))

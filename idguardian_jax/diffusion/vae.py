@@ -7,6 +7,7 @@ Only the encoder half is loaded (encoder.* and quant_conv.*); the decoder is nev
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import flax
@@ -83,6 +84,7 @@ def flax_module(cfg: VAEConfig, dtype=jnp.float32):
                scaling_factor=cfg.scaling_factor, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=8)
 def expected_shapes(cfg: VAEConfig) -> dict[str, Any]:
     """{'params': {'encoder': ..., 'quant_conv': ...}} as ShapeDtypeStructs."""
     m = flax_module(cfg)
@@ -136,3 +138,10 @@ def encode_vjp(params: VAEParams, images: jax.Array, **kw
 def pullback(params: VAEParams, images: jax.Array, cotangent: jax.Array, **kw) -> jax.Array:
     """J^T cotangent of encode at images (one call; jit it with the caller)."""
     return encode_vjp(params, images, **kw)[1](cotangent)
+
+
+def encode_and_pullback(params: VAEParams, images: jax.Array, cotangent: jax.Array, **kw
+                        ) -> tuple[jax.Array, jax.Array]:
+    """(latents, J^T cotangent) in one pass (jit-friendly)."""
+    latents, f = encode_vjp(params, images, **kw)
+    return latents, f(cotangent)

@@ -20,7 +20,9 @@ import collections
 import dataclasses
 import hashlib
 import sys
+import threading
 import time
+from concurrent import futures
 from typing import Any, Callable, Sequence
 
 import jax
@@ -169,6 +171,15 @@ class Evaluator:
         self._detections: collections.OrderedDict = collections.OrderedDict()
         self._apply: dict[str, Callable] = {}
         self.timings: dict[str, float] = collections.defaultdict(float)
+        self._lock = threading.Lock()
+
+    def _tick(self, key: str, t0: float, count: str | None = None) -> None:
+        """Add the seconds since t0 to timings[key] (thread-seconds when workers > 1)."""
+        dt = time.perf_counter() - t0
+        with self._lock:
+            self.timings[key] += dt
+            if count:
+                self.timings[count] += 1
 
     # -- faces and embeddings ------------------------------------------------------------------
     def find_faces(self, rgb: np.ndarray, boxes=None) -> list[analyze.Face]:
@@ -177,22 +188,23 @@ class Evaluator:
         if boxes is None:
             key = (hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest(), rgb.shape,
                    self.upsample)
-            boxes = self._detections.get(key)
+            with self._lock:
+                boxes = self._detections.get(key)
             if boxes is None:
                 t = time.perf_counter()
                 boxes = [(d.rect, d.confidence)
                          for d in detect.detect_faces(rgb, self.models.detector, self.upsample)]
-                self.timings["detect"] += time.perf_counter() - t
-                self.timings["detections"] += 1
-                self._detections[key] = boxes
-                while len(self._detections) > 4096:
-                    self._detections.popitem(last=False)
+                self._tick("detect", t, "detections")
+                with self._lock:
+                    self._detections[key] = boxes
+                    while len(self._detections) > 4096:
+                        self._detections.popitem(last=False)
         t = time.perf_counter()
         faces = analyze.find_faces(rgb, self.models, self.upsample, boxes=[b for b, _ in boxes],
                                    with68=self.with68)
         for f, (_, s) in zip(faces, boxes):
             f.score = None if s is None else float(s)
-        self.timings["landmarks"] += time.perf_counter() - t
+        self._tick("landmarks", t)
         return faces
 
     def chip(self, name: str, rgb: np.ndarray, face: analyze.Face) -> np.ndarray:
@@ -215,7 +227,7 @@ class Evaluator:
                 enc = encoder_registry.get(name)
                 self._apply[name] = jax.jit(lambda p, x: enc.apply(p, x.astype(jnp.float32) / 255.0))
             out = np.asarray(self._apply[name](self.params[name], padded))[:n]
-        self.timings["embed"] += time.perf_counter() - t
+        self._tick("embed", t)
         return np.asarray(out, np.float32)
 
     # -- one photo -----------------------------------------------------------------------------
@@ -238,13 +250,13 @@ class Evaluator:
         pe.ssim = round(metrics.ssim(clean, protected), 6)
         if self.lpips is not None:
             pe.lpips = float(f"{self.lpips(clean, protected):.7g}")
-        self.timings["image_metrics"] += time.perf_counter() - t
+        self._tick("image_metrics", t)
         if self.thumb_size:
             t = time.perf_counter()
             from idguardian_jax.evaluate import report
 
             pe.thumbs = report.thumbnails(clean, protected, self.thumb_size)
-            self.timings["thumbnails"] += time.perf_counter() - t
+            self._tick("thumbnails", t)
         pe.clean_faces_from = "detected" if boxes is None else "idguardian-protect records"
         faces = self.find_faces(clean, boxes)
         pe.status = "evaluated" if faces else "no_face"
@@ -262,7 +274,7 @@ class Evaluator:
         for v in self.variants:
             t = time.perf_counter()
             img = v.transform(protected if v.source == "protected" else clean)
-            self.timings["transforms"] += time.perf_counter() - t
+            self._tick("transforms", t)
             found = self.find_faces(img)
             mapped = [v.transform.map_box(f.box, img.shape) for f in faces]
             match = metrics.match_faces(mapped, [g.box for g in found], MIN_IOU)
@@ -325,21 +337,26 @@ class Evaluator:
 
     def evaluate_folders(self, clean_dir: str, protected_dir: str, identities: str | dict | None = None,
                          reuse_protect_records: bool = True, max_pixels: int = images.DEFAULT_MAX_PIXELS,
-                         progress: bool = True) -> Run:
-        """Evaluate every clean photo under clean_dir against its copy under protected_dir."""
+                         progress: bool = True, workers: int = 1) -> Run:
+        """Evaluate every clean photo under clean_dir against its copy under protected_dir.
+
+        workers: photos evaluated at once in threads (XLA runs the detector's convolutions on about
+        one core and releases the GIL, so 2 threads can use 2 idle cores)."""
         t_start = time.perf_counter()
         self.timings.clear()
         pairs, unpaired = inputs.pair_folders(clean_dir, protected_dir)
         labels = (inputs.read_identities(identities) if isinstance(identities, str)
                   else dict(identities or {}))
-        records = inputs.protect_records(protected_dir) if reuse_protect_records else {}
+        records = inputs.protect_records(protected_dir)  # boxes reused only if asked; budget
         photos: list[PhotoEval] = []
-        for k, pair in enumerate(pairs, start=1):
-            pe = self._evaluate_file(pair, labels, records, max_pixels)
-            photos.append(pe)
-            if progress:
-                sys.stderr.write(f"[{k}/{len(pairs)}] {progress_line(pe)}\n")
-                sys.stderr.flush()
+        work = lambda pair: self._evaluate_file(pair, labels, records, max_pixels,  # noqa: E731
+                                                reuse_protect_records)
+        with futures.ThreadPoolExecutor(max(1, int(workers))) as pool:
+            for k, pe in enumerate(pool.map(work, pairs) if workers > 1 else map(work, pairs), start=1):
+                photos.append(pe)
+                if progress:
+                    sys.stderr.write(f"[{k}/{len(pairs)}] {progress_line(pe)}\n")
+                    sys.stderr.flush()
         self.finish(photos)
         self.timings["total"] = time.perf_counter() - t_start
         notes = [self.lpips_note]
@@ -352,11 +369,13 @@ class Evaluator:
                     "identities": identities if isinstance(identities, str) else None,
                     "upsample": self.upsample, "min_iou": MIN_IOU,
                     "transforms": [v.name for v in self.variants if v.name != NONE],
-                    "reuse_protect_records": reuse_protect_records}
+                    "reuse_protect_records": reuse_protect_records, "workers": int(workers),
+                    "budget_255": max((r["budget_255"] for r in records.values()
+                                       if isinstance(r.get("budget_255"), int)), default=None)}
         return Run(photos, self.encoders_info(), [v.name for v in self.variants], settings, notes,
                    unpaired, dict(self.timings))
 
-    def _evaluate_file(self, pair: inputs.Pair, labels, records, max_pixels) -> PhotoEval:
+    def _evaluate_file(self, pair: inputs.Pair, labels, records, max_pixels, reuse=True) -> PhotoEval:
         pe = PhotoEval(pair.key, pair.clean, pair.protected)
         if pair.error:
             pe.error = pair.error
@@ -367,7 +386,7 @@ class Evaluator:
         except images.ImageReadError as e:
             pe.error = str(e)
             return pe
-        boxes = inputs.reusable_boxes(records, pair.clean) if records else None
+        boxes = inputs.reusable_boxes(records, pair.clean) if records and reuse else None
         if pair.protected is None:
             if boxes is not None and not boxes:  # protect found no face and wrote nothing
                 pe.status, pe.width, pe.height = "no_face", clean.shape[1], clean.shape[0]
@@ -387,7 +406,7 @@ class Evaluator:
         except images.ImageReadError as e:
             pe.error = str(e)
             return pe
-        self.timings["read"] += time.perf_counter() - t
+        self._tick("read", t)
         if protected.shape != clean.shape:
             pe.error = (f"{pair.protected}: {protected.shape[1]}x{protected.shape[0]} pixels, but the "
                         f"clean photo {pair.clean} is {clean.shape[1]}x{clean.shape[0]}")
