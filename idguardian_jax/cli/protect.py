@@ -80,6 +80,8 @@ def main(argv: list[str]) -> int:
     print(f"{summary['photos']} photos: {parts}; {summary['faces_past_threshold']} of "
           f"{summary['faces']} protected faces moved past dlib's threshold; records in "
           f"{summary['summary_file']}{where}")
+    print(f"time in this process: waiting for input {summary['input_wait_seconds']:.1f} s, "
+          f"protecting {summary['device_seconds']:.1f} s")
     return common.EXIT_SOME_FAILED if failed else common.EXIT_OK
 
 
