@@ -118,7 +118,8 @@ def _transformers_clip():
     except ImportError as e:  # pragma: no cover
         _need("text conditioning", e)
     if int(transformers.__version__.split(".")[0]) >= 5:  # pragma: no cover
-        _need("text conditioning", ImportError(f"transformers {transformers.__version__} has no Flax"))
+        _need("text conditioning",
+              ImportError(f"transformers {transformers.__version__} has no Flax"))
     return {"config": CLIPTextConfig, "tokenizer": CLIPTokenizer,
             "text": modeling_flax_clip.FlaxCLIPTextModel,
             "text_proj": modeling_flax_clip.FlaxCLIPTextModelWithProjection}

@@ -251,7 +251,8 @@ def torch_key_map(cfg: ImageProjConfig) -> dict[str, tuple[tuple[str, ...], str]
     """IP-Adapter image_proj key -> (our parameter path, transform: 'linear' | 'ln' | 'none')."""
     m: dict[str, tuple[tuple[str, ...], str]] = {}
     if cfg.kind == LINEAR:
-        return {"proj.weight": (("proj", "kernel"), "linear"), "proj.bias": (("proj", "bias"), "none"),
+        return {"proj.weight": (("proj", "kernel"), "linear"),
+                "proj.bias": (("proj", "bias"), "none"),
                 "norm.weight": (("norm", "scale"), "none"), "norm.bias": (("norm", "bias"), "none")}
     m["latents"] = (("latents",), "none")
     for name in ("proj_in", "proj_out"):

@@ -413,14 +413,16 @@ def _read_ip_adapter_torch(path: str) -> dict[str, dict[str, np.ndarray]]:
         import torch
     except ImportError:
         raise CheckpointError(f"{path}: a PyTorch IP-Adapter file needs torch once to convert it "
-                              f"(convert_ip_adapter_bin), or use the upstream .safetensors") from None
+                              f"(convert_ip_adapter_bin), or use the upstream .safetensors"
+                              ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})"
                               ) from None
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: not an IP-Adapter checkpoint (holds a {type(obj).__name__})")
+        raise CheckpointError(f"{path}: not an IP-Adapter checkpoint (holds a "
+                              f"{type(obj).__name__})")
     flat = {}
     if "image_proj" in obj and isinstance(obj.get("image_proj"), Mapping):
         for head in ("image_proj", "ip_adapter"):
@@ -511,7 +513,8 @@ def load_ip_adapter(path: str | os.PathLike, unet_params: unet_lib.UNetParams,
     cross = unet_params.config.cross_attention_dim[0]
     if proj.config.output_dim != cross:
         raise CheckpointError(f"{path}: image tokens of width {proj.config.output_dim}, the UNet's "
-                              f"cross_attention_dim is {cross} (an adapter for another base model?)")
+                              f"cross_attention_dim is {cross} (an adapter for another base "
+                              f"model?)")
     unet = attach_ip_layers(unet_params, sd["ip_adapter"], path, proj.config.num_tokens,
                             proj.config.output_dim)
     return unet, proj

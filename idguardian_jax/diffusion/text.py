@@ -60,7 +60,8 @@ def _parts(root: str) -> list[tuple[str, str]]:
                 raise FileNotFoundError(f"{root}: {te}/ without {tok}/")
             out.append((d, t))
     if not out:
-        raise FileNotFoundError(f"{root}: no text_encoder/config.json or text_encoder_2/config.json")
+        raise FileNotFoundError(f"{root}: no text_encoder/config.json or "
+                                f"text_encoder_2/config.json")
     return out
 
 
@@ -103,6 +104,14 @@ def model_hash(root: str) -> str:
 
 
 def _load_encoder(folder: str):
+    """(Flax model, params, with_projection) of a text_encoder folder (config.json +
+    model[.fp16].safetensors), the PyTorch tensors mapped onto transformers' Flax tree here
+    (no random init, no torch): 'a.b.N.c.weight' -> ('a', 'b', 'N', 'c', kernel (W^T) | scale |
+    embedding)."""
+    import jax
+
+    from idguardian_jax.diffusion import loaders
+
     CLIPTextConfig, FlaxCLIPTextModel, FlaxCLIPTextModelWithProjection = adapter.clip_text_models()
     adapter.silence_transformers_flax_warnings()
     cfg_path = os.path.join(folder, "config.json")
@@ -111,19 +120,62 @@ def _load_encoder(folder: str):
             d = json.load(fh)
     except ValueError as e:
         raise CheckpointError(f"{cfg_path}: not JSON ({e})") from None
+    if not isinstance(d, dict) or d.get("model_type", "clip_text_model") not in (
+            "clip_text_model", "clip"):
+        raise CheckpointError(f"{cfg_path}: not a CLIP text model config")
     archs = d.get("architectures") or []
     with_proj = any("WithProjection" in a for a in archs)
     cls = FlaxCLIPTextModelWithProjection if with_proj else FlaxCLIPTextModel
-    if not os.path.isfile(os.path.join(folder, "model.safetensors")):
-        raise CheckpointError(f"{folder}: no model.safetensors (only single-file safetensors text "
-                              f"encoders are read)")
-    try:
-        model, params = cls.from_pretrained(folder, local_files_only=True, _do_init=False)
-    except Exception as e:
-        raise CheckpointError(f"{folder}/model.safetensors: not the text encoder of its "
-                              f"config.json ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-                              ) from None
-    return model, params, with_proj
+    config = CLIPTextConfig.from_dict(d)
+    model = cls(config, _do_init=False)
+    shapes = jax.eval_shape(lambda r: model.init_weights(r, (1, 1)), jax.random.PRNGKey(0))
+    exp = {tuple(k): v for k, v in _flatten(shapes).items()}
+    files = loaders.weight_files(folder, "model")
+    where = files[0] if len(files) == 1 else folder
+    params: dict[tuple[str, ...], np.ndarray] = {}
+    for key, file, get in loaders.iter_safetensors(files):
+        parts = tuple(key.split("."))
+        mods, leaf = parts[:-1], parts[-1]
+        if key == "text_model.embeddings.position_ids":
+            continue  # a buffer in older checkpoints
+        target = None
+        for name in (("kernel", "scale", "embedding") if leaf == "weight" else (leaf,)):
+            if mods + (name,) in exp:
+                target = mods + (name,)
+                break
+        if target is None:
+            raise CheckpointError(f"{file}: not the text encoder of {cfg_path}: unexpected tensor "
+                                  f"{key!r}")
+        v = np.asarray(get(), np.float32)
+        if target[-1] == "kernel":
+            v = v.T
+        if v.shape != tuple(exp[target].shape):
+            raise CheckpointError(f"{file}: not the text encoder of {cfg_path}: {key!r} has shape "
+                                  f"{np.shape(get())}")
+        params[target] = v
+    missing = [k for k in exp if k not in params]
+    if missing:
+        m = missing[0]
+        leaf = "weight" if m[-1] in ("kernel", "scale", "embedding") else m[-1]
+        raise CheckpointError(f"{where}: not the text encoder of {cfg_path}: missing tensor "
+                              f"{'.'.join(m[:-1] + (leaf,))!r}")
+    tree: dict[str, Any] = {}
+    for k, v in params.items():
+        node = tree
+        for p in k[:-1]:
+            node = node.setdefault(p, {})
+        node[k[-1]] = v
+    return model, tree, with_proj
+
+
+def _flatten(tree, prefix=()):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) or hasattr(v, "items"):
+            out.update(_flatten(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out
 
 
 def _tokenize(tok_folder: str, prompts: list[str]) -> np.ndarray:

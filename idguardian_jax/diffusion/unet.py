@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import flax
 import flax.linen as nn
@@ -126,7 +126,8 @@ class UNetConfig:
         """Width of SDXL's pooled text embedding in added_cond (6 time ids; 5 for the refiner)."""
         if not self.is_sdxl_style:
             return None
-        return self.projection_class_embeddings_input_dim - self.num_time_ids * self.addition_time_embed_dim
+        return (self.projection_class_embeddings_input_dim
+                - self.num_time_ids * self.addition_time_embed_dim)
 
     @property
     def num_time_ids(self) -> int:
@@ -170,7 +171,8 @@ class UNetConfig:
             raise CheckpointError(f"{where}: mid_block_type {mid!r} is not supported")
         boc = tuple(int(c) for c in d.get("block_out_channels", cls.block_out_channels))
         if len(boc) != n:
-            raise CheckpointError(f"{where}: block_out_channels has {len(boc)} entries for {n} blocks")
+            raise CheckpointError(f"{where}: block_out_channels has {len(boc)} entries for {n} "
+                                  f"blocks")
         lpb = tuple(int(x) for x in _per_block(d.get("layers_per_block", 2), n,
                                                "layers_per_block", where))
         heads = tuple(int(x) for x in _per_block(d.get("attention_head_dim", 8), n,
@@ -415,7 +417,8 @@ class Transformer2D(nn.Module):
         if self.linear_projection:
             y = nn.Dense(c, dtype=dt, name="proj_in")(y.reshape(b, h * w, c))
         else:
-            y = nn.Conv(c, (1, 1), padding="VALID", dtype=dt, name="proj_in")(y).reshape(b, h * w, c)
+            y = nn.Conv(c, (1, 1), padding="VALID", dtype=dt, name="proj_in")(y)
+            y = y.reshape(b, h * w, c)
         block = _remat(TransformerBlock, self.opts)
         scan = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth)
@@ -424,7 +427,8 @@ class Transformer2D(nn.Module):
         if self.linear_projection:
             y = nn.Dense(c, dtype=dt, name="proj_out")(y).reshape(b, h, w, c)
         else:
-            y = nn.Conv(c, (1, 1), padding="VALID", dtype=dt, name="proj_out")(y.reshape(b, h, w, c))
+            y = nn.Conv(c, (1, 1), padding="VALID", dtype=dt,
+                        name="proj_out")(y.reshape(b, h, w, c))
         return y + residual
 
 

@@ -41,7 +41,8 @@ class VAEConfig:
         cname = d.get("_class_name", "AutoencoderKL")
         if cname not in ("AutoencoderKL", "FlaxAutoencoderKL"):
             raise CheckpointError(f"{where}: a {cname}, not an AutoencoderKL")
-        for k, ok in (("act_fn", "silu"), ("use_quant_conv", True), ("mid_block_add_attention", True)):
+        for k, ok in (("act_fn", "silu"), ("use_quant_conv", True),
+                      ("mid_block_add_attention", True)):
             if d.get(k, ok) != ok:
                 raise CheckpointError(f"{where}: {k}={d.get(k)!r} is not supported (only {ok!r})")
         down = tuple(d.get("down_block_types", cls.down_block_types))
