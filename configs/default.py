@@ -47,6 +47,22 @@ def get_config():
     c.objective.eot.blur_sigma = ()
     c.objective.eot.noise_std = ()
 
+    # IDGuardian's injection stage (configs/idguardian.py turns it on): identity deflection
+    # through a local diffusers folder (SD 1.x/2.x or SDXL) with an IP-Adapter; see
+    # idguardian_jax/losses/deflection.py.
+    c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.enabled = False
+    c.diffusion.model_dir = ""
+    c.diffusion.ip_adapter = ""
+    c.diffusion.prompt = "A photo of a person"
+    c.diffusion.t_min = 0
+    c.diffusion.t_max = 999
+    c.diffusion.noise_samples = 1
+    c.diffusion.variant = "upsample"   # 'upsample' (reference) or 'vae_vjp'
+    c.diffusion.ip_scale = 1.0
+    c.diffusion.weight = 1.0
+    c.diffusion.dtype = "float32"      # 'bfloat16' / 'float16' on GPU
+
     c.detect = ml_collections.ConfigDict()
     c.detect.upsample = 1             # dlib's upsample_num_times, as face_recognition uses
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from idguardian_jax import objective, parallel
 from idguardian_jax.attack import pgd
+from idguardian_jax.losses import deflection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,7 @@ class EngineConfig:
     objective: objective.ObjectiveConfig = objective.ObjectiveConfig()
     per_device: int = 1
     loop: str = "auto"
+    deflection: deflection.DeflectionConfig | None = None  # IDGuardian's injection-stage term
 
     def resolved_loop(self) -> str:
         if self.loop == "auto":
@@ -53,6 +55,40 @@ def _loss_fn(params, x, arrays, clean, decoy, groups, cfg: EngineConfig):
     return loss
 
 
+def _direction_fn(params, x, arrays, clean, decoy, groups, cfg: EngineConfig):
+    """None (plain loss gradient), or IDGuardian's combined direction: the identity gradient and
+    the deflection direction, each normalized over the photo (Algorithm 1). The deflection is
+    computed on each face's CLIP view (the image IP-Adapter reads) and pulled back to the photo
+    through the view's vector-Jacobian product."""
+    if cfg.deflection is None:
+        return None
+    loss_fn = _loss_fn(params, x, arrays, clean, decoy, groups, cfg)
+    dp = params["_diffusion"]
+    name = "clip_vit"
+
+    def views(x01):
+        x255 = warp_quantize(x01, cfg.objective.quantize)
+        return objective.photo_views(x255, arrays[name], groups[name], None, objective.Jitter(),
+                                     "round")
+
+    def direction(delta, key):
+        loss, g_id = jax.value_and_grad(loss_fn)(delta, key)
+        chips, pull = jax.vjp(views, x + delta)
+        s_chip = deflection.score_direction(dp, chips, clean["_diffusion"]["z0"],
+                                            clean["_diffusion"]["tokens"],
+                                            jax.random.fold_in(key, 0xD1FF), cfg.deflection)
+        (s_pix,) = pull(s_chip)
+        return loss, deflection.combine(g_id, s_pix, cfg.deflection.weight)
+
+    return direction
+
+
+def warp_quantize(x01, quantize: bool):
+    from idguardian_jax.faces import warp
+
+    return warp.quantize_uint8_st(x01) if quantize else jnp.clip(x01, 0, 1) * 255.0
+
+
 def _distances(params, delta, x, arrays, clean, groups, cfg: EngineConfig):
     after = objective.photo_distances(delta, x, arrays, clean, params, groups=groups,
                                       cfg=cfg.objective)
@@ -64,7 +100,8 @@ def _distances(params, delta, x, arrays, clean, groups, cfg: EngineConfig):
 def _scan_single(params, x, support, l2_max, arrays, clean, decoy, key_data, *, groups, cfg):
     loss = _loss_fn(params, x, arrays, clean, decoy, groups, cfg)
     key = jax.random.wrap_key_data(key_data)
-    delta, losses = pgd.run_pgd(loss, x, key, cfg.pgd, support, l2_max)
+    direction = _direction_fn(params, x, arrays, clean, decoy, groups, cfg)
+    delta, losses = pgd.run_pgd(loss, x, key, cfg.pgd, support, l2_max, direction)
     return (delta, losses) + _distances(params, delta, x, arrays, clean, groups, cfg)
 
 
@@ -74,7 +111,8 @@ def _init_single(x, support, l2_max, key_data, *, cfg):
 
 def _step_single(params, carry, i, x, support, l2_max, arrays, clean, decoy, *, groups, cfg):
     loss = _loss_fn(params, x, arrays, clean, decoy, groups, cfg)
-    return pgd.step(carry, i, loss, x, cfg.pgd, support, l2_max)
+    direction = _direction_fn(params, x, arrays, clean, decoy, groups, cfg)
+    return pgd.step(carry, i, loss, x, cfg.pgd, support, l2_max, direction)
 
 
 def _finish_single(params, delta, x, arrays, clean, *, groups, cfg):

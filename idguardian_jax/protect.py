@@ -60,13 +60,26 @@ def engine_config(config) -> engine.EngineConfig:
                               jpeg_quality=rng("jpeg_quality"), resize_scale=rng("resize_scale"),
                               blur_sigma=rng("blur_sigma"), noise_std=rng("noise_std"))),
         per_device=int(config.batch.per_device),
-        loop=a.loop)
+        loop=a.loop,
+        deflection=_deflection_config(config))
+
+
+def _deflection_config(config):
+    from idguardian_jax.losses import deflection
+
+    d = config.get("diffusion", None)
+    if d is None or not d.get("enabled", False):
+        return None
+    return deflection.DeflectionConfig(t_min=int(d.t_min), t_max=int(d.t_max),
+                                       noise_samples=int(d.noise_samples), variant=d.variant,
+                                       ip_scale=float(d.ip_scale), weight=float(d.weight))
 
 
 def settings_hash(config) -> str:
     """Identifies everything that changes the protected pixels (rerun skips on a match)."""
     relevant = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-                for k in ("seed", "budget", "budget_psnr", "attack", "objective", "detect")}
+                for k in ("seed", "budget", "budget_psnr", "attack", "objective", "detect",
+                          "diffusion") if k in config}
     relevant["output_format"] = config.output.format
     relevant["strip_metadata"] = config.output.strip_metadata
     relevant["version"] = VERSION
@@ -97,7 +110,35 @@ class Models:
                 raise UsageError(f"encoder {name} needs its weights: set "
                                  f"--config.objective.checkpoints.{name}=PATH")
             params[name] = encoder_registry.load_params(name, path)
+        d = config.get("diffusion", None)
+        if d is not None and d.get("enabled", False):
+            params["_diffusion"] = _load_diffusion(config, params)
         return cls(faces, params)
+
+
+def _load_diffusion(config, params):
+    """The diffusion model, IP-Adapter and prompt of config.diffusion (local files only)."""
+    import jax.numpy as jnp
+
+    from idguardian_jax.diffusion import loaders, text
+    from idguardian_jax.losses import deflection
+
+    d = config.diffusion
+    if "clip_vit" not in params:
+        raise UsageError("the deflection term reads faces through IP-Adapter's CLIP image "
+                         "encoder: add ('clip_vit', weight) to --config.objective.encoders")
+    if not d.model_dir or not d.ip_adapter:
+        raise UsageError("set --config.diffusion.model_dir=DIFFUSERS_FOLDER and "
+                         "--config.diffusion.ip_adapter=IP_ADAPTER.safetensors")
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[d.dtype]
+    pipe, proj = loaders.load_pipeline(d.model_dir, dtype=dtype, ip_adapter=d.ip_adapter)
+    size = encoder_registry.get("clip_vit").chip_size
+    pe = text.encode_prompt(d.model_dir, d.prompt)
+    added = pe.added_cond(size, size) if pipe.kind == "sdxl" else None
+    return deflection.DiffusionParams(
+        unet=pipe.unet, vae=pipe.vae, proj=proj, clip=params["clip_vit"], schedule=pipe.schedule,
+        text=jnp.asarray(pe.batch(1)),
+        added=None if added is None else {k: jnp.asarray(v) for k, v in added.items()})
 
 
 # ------------------------------------------------------------------------------------------
@@ -198,6 +239,16 @@ class Protector:
             out[name] = np.asarray(enc.apply(self.models.params[name], chips.astype(np.float32) / 255))
         return out
 
+    def _diffusion_conditioning(self, rgb, chip_plans, plan) -> dict[str, np.ndarray]:
+        """Clean latents (F, 4, h, w) and IP tokens (F, N, D) of each face's CLIP view, in the
+        clip_vit slot order (computed once per photo, as the reference does)."""
+        from idguardian_jax.losses import deflection
+
+        plans = [chip_plans["clip_vit"][int(i)] for i in plan.arrays["clip_vit"]["face"]]
+        chips = np.stack([align.extract_chip(rgb, p, "round") for p in plans]).astype(np.float32) / 255
+        z0, tokens = deflection.clean_conditioning(self.models.params["_diffusion"], chips)
+        return {"z0": np.asarray(z0), "tokens": np.asarray(tokens)}
+
     def _decoy_embeddings(self, path: str) -> dict[str, np.ndarray]:
         photo = images.read_photo(path)
         faces = self.find_faces(photo.rgb)
@@ -215,6 +266,8 @@ class Protector:
         clean = self.embeddings(rgb, chip_plans)
         # per-slot order of the plan (faces are grouped by view shape)
         clean = {n: e[plan.arrays[n]["face"]] for n, e in clean.items()}
+        if "_diffusion" in self.models.params:
+            clean["_diffusion"] = self._diffusion_conditioning(rgb, chip_plans, plan)
         return _Prepared(index, rgb, faces, plan, clean, photo_key(rgb, self.config.seed),
                          chip_plans)
 
@@ -255,8 +308,11 @@ class Protector:
         decoy = {}
         if self.decoy is not None:
             decoy = {n: np.repeat(self.decoy[n], len(p.clean[n]), axis=0) for n in p.plan.groups}
-        return (x, p.plan.support, np.float32(self.l2_radius(p.rgb.shape)), arrays,
-                {n: p.clean[n] for n in p.plan.groups}, decoy, p.key)
+        clean = {n: p.clean[n] for n in p.plan.groups}
+        if "_diffusion" in p.clean:
+            clean["_diffusion"] = p.clean["_diffusion"]
+        return (x, p.plan.support, np.float32(self.l2_radius(p.rgb.shape)), arrays, clean,
+                decoy, p.key)
 
     def embed_dims(self) -> dict[str, int]:
         """encoder name -> embedding size of the loaded weights."""
@@ -281,6 +337,15 @@ class Protector:
             clean[name] = np.zeros((f, self.embed_dims()[name]), np.float32)
         arrays["_photo"] = {"offset": np.zeros((2,), np.int32)}
         decoy = {n: c.copy() for n, c in clean.items()} if self.decoy is not None else {}
+        if "_diffusion" in self.models.params:
+            from idguardian_jax.losses import deflection
+
+            f = sum(g.count for g in groups["clip_vit"])
+            size = groups["clip_vit"][0].rows
+            shapes = jax.eval_shape(deflection.clean_conditioning, self.models.params["_diffusion"],
+                                    jax.ShapeDtypeStruct((f, size, size, 3), np.float32))
+            clean["_diffusion"] = {"z0": np.zeros(shapes[0].shape, np.float32),
+                                   "tokens": np.zeros(shapes[1].shape, np.float32)}
         return (np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32), np.float32(1e15),
                 arrays, clean, decoy, np.zeros((2,), np.uint32))
 

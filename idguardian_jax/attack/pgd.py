@@ -102,11 +102,19 @@ def init(x: jax.Array, key: jax.Array, cfg: PGDConfig, support: jax.Array | None
 
 
 def step(carry, i: jax.Array, loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array,
-         cfg: PGDConfig, support: jax.Array | None = None, l2_max: jax.Array | None = None):
-    """One PGD step at step index i (a traced int): returns (new carry, loss before the step)."""
+         cfg: PGDConfig, support: jax.Array | None = None, l2_max: jax.Array | None = None,
+         direction_fn: Callable | None = None):
+    """One PGD step at step index i (a traced int): returns (new carry, loss before the step).
+
+    direction_fn(delta, key) -> (loss, direction), when given, replaces the loss gradient (e.g.
+    IDGuardian's identity gradient combined with the deflection direction).
+    """
     delta, state, key_data = carry
     k = jax.random.fold_in(jax.random.wrap_key_data(key_data), i)
-    loss, g = jax.value_and_grad(loss_fn)(delta, k)
+    if direction_fn is not None:
+        loss, g = direction_fn(delta, k)
+    else:
+        loss, g = jax.value_and_grad(loss_fn)(delta, k)
     updates, state = make_optimizer(cfg).update(g, state, delta)
     delta = project(delta + updates, x, cfg.eps, support, l2_max)
     return (delta, state, key_data), loss
@@ -114,7 +122,8 @@ def step(carry, i: jax.Array, loss_fn: Callable[[jax.Array, jax.Array], jax.Arra
 
 def run_pgd(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, key: jax.Array,
             cfg: PGDConfig, support: jax.Array | None = None,
-            l2_max: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+            l2_max: jax.Array | None = None,
+            direction_fn: Callable | None = None) -> tuple[jax.Array, jax.Array]:
     """Minimize loss_fn(delta, key) over the budget, the whole loop in one `lax.scan`.
 
     Returns (delta, losses (steps,)). Jittable and vmappable: call it inside jit/vmap with a
@@ -122,5 +131,6 @@ def run_pgd(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, 
     """
     carry = init(x, key, cfg, support, l2_max)
     carry, losses = jax.lax.scan(
-        lambda c, i: step(c, i, loss_fn, x, cfg, support, l2_max), carry, jnp.arange(cfg.steps))
+        lambda c, i: step(c, i, loss_fn, x, cfg, support, l2_max, direction_fn), carry,
+        jnp.arange(cfg.steps))
     return carry[0], losses

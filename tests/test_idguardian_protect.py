@@ -1,0 +1,58 @@
+"""configs/idguardian.py end to end on CPU with tiny random models written by the tests' tools."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+import diffusion_reference as dr  # noqa: E402
+import reference_models as rm  # noqa: E402
+
+from configs import idguardian  # noqa: E402
+from idguardian_jax import protect  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("sdxl"))
+    paths = dr.write_pipeline("sdxl-tiny", root)
+    fn = os.path.join(root, "facenet.pt")
+    torch.save(rm.random_facenet(0, classify_head=8631).state_dict(), fn)
+    return root, paths, fn
+
+
+def _config(checkpoints, steps=2):
+    root, paths, fn = checkpoints
+    cfg = idguardian.get_config()
+    cfg.attack.steps = steps
+    cfg.objective.checkpoints.clip_vit = paths["image_encoder"]
+    cfg.objective.checkpoints.facenet = fn
+    cfg.diffusion.model_dir = root
+    cfg.diffusion.ip_adapter = paths["plus"]
+    return cfg
+
+
+def test_idguardian_config_runs_end_to_end(checkpoints, faces_dir, tmp_path):
+    cfg = _config(checkpoints)
+    img = np.asarray(Image.open(os.path.join(faces_dir, "n000050_A_0003_01.png")).convert("RGB"))
+    img = np.asarray(Image.fromarray(img).resize((256, 256), Image.LANCZOS))
+    pr = protect.Protector(cfg)
+    r, = protect.protect(img, protector=pr)
+    assert r.status == "protected" and r.max_change <= 8 and r.max_change > 0
+    assert set(r.faces[0].encoders) == {"clip_vit", "facenet"}
+    # the deflection changes the result (same seed, same steps, without it)
+    cfg2 = _config(checkpoints)
+    cfg2.diffusion.enabled = False
+    plain, = protect.protect(img, protector=protect.Protector(cfg2, models=protect.Models(
+        pr.models.faces, {k: v for k, v in pr.models.params.items() if k != "_diffusion"})))
+    assert not np.array_equal(plain.protected, r.protected)
+
+
+def test_deflection_needs_its_files(checkpoints):
+    cfg = _config(checkpoints)
+    cfg.diffusion.ip_adapter = ""
+    with pytest.raises(protect.UsageError, match="diffusion.ip_adapter"):
+        protect.Protector(cfg)
