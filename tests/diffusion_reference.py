@@ -357,6 +357,61 @@ def torch_image_projection(source):
         None, sd, low_cpu_mem_usage=False).eval()
 
 
+# ------------------------------------------------------------------------------------------
+# Algorithm 1 of the IDGuardian paper, re-stated plainly in PyTorch (the reference for one step)
+# ------------------------------------------------------------------------------------------
+def torch_algorithm1_direction(root, paths, fn_model, pe, x_adv, x, t, noise, S, models=None):
+    """Algorithm 1's total = g_id/||g_id|| - s_up/||s_up|| for a face image (1, S, S, 3) in [0, 1],
+    written plainly with diffusers, transformers and facenet-pytorch (the paper's reference step;
+    NCHW tensors inside). `models` = (clip, unet, vae, scheduler) to reuse loaded ones."""
+    torch = _torch()
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPVisionModelWithProjection
+
+    if models is None:
+        models = (CLIPVisionModelWithProjection.from_pretrained(paths["image_encoder"]).eval(),
+                  torch_unet_with_ip(root, paths["plus"]),
+                  AutoencoderKL.from_pretrained(root, subfolder="vae").eval(),
+                  DDPMScheduler.from_pretrained(root, subfolder="scheduler"))
+    clip, unet, vae, sched = models
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    size = clip.config.image_size
+
+    def clip_in(img):
+        return (F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False) - mean) / std
+
+    xa = torch.from_numpy(x_adv).permute(0, 3, 1, 2).requires_grad_(True)
+    xc = torch.from_numpy(x).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        e_clip = clip(pixel_values=clip_in(xc)).image_embeds
+        e_fn = fn_model(F.interpolate(xc, size=(160, 160), mode="bilinear", align_corners=False) * 2 - 1)
+    l_id = (F.cosine_similarity(clip(pixel_values=clip_in(xa)).image_embeds, e_clip).sum()
+            + F.cosine_similarity(fn_model(F.interpolate(xa, size=(160, 160), mode="bilinear",
+                                                         align_corners=False) * 2 - 1), e_fn).sum())
+    g = torch.autograd.grad(l_id, xa)[0]
+    with torch.no_grad():
+        z = vae.encode(xc * 2 - 1).latent_dist.mode() * vae.config.scaling_factor
+        tt = torch.from_numpy(t).long()
+        zt = sched.add_noise(z, torch.from_numpy(noise), tt)
+        h_adv = clip(pixel_values=clip_in(xa.detach()), output_hidden_states=True).hidden_states[-2]
+        h_cln = clip(pixel_values=clip_in(xc), output_hidden_states=True).hidden_states[-2]
+        added = {k: torch.from_numpy(np.asarray(v)) for k, v in pe.added_cond(S, S).items()}
+        txt = torch.from_numpy(np.asarray(pe.batch(1)))
+
+        def eps(h):
+            return unet(zt, tt, encoder_hidden_states=txt,
+                        added_cond_kwargs=dict(added, image_embeds=[h[:, None]])).sample
+
+        sig = torch.sqrt(1 - sched.alphas_cumprod[tt]).view(-1, 1, 1, 1)
+        s = -(eps(h_adv) - eps(h_cln)) / sig
+        s_up = F.interpolate(s[:, :3], size=(S, S), mode="bilinear", align_corners=False)
+    total = g / (g.norm() + 1e-8) - s_up / (s_up.norm() + 1e-8)
+    return total.permute(0, 2, 3, 1).numpy(), s_up.permute(0, 2, 3, 1).numpy()
+
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=KINDS)

@@ -36,53 +36,6 @@ def models(tmp_path_factory):
     return root, paths, fn_model, facenet.load(fn_path), p, pe
 
 
-def _torch_direction(root, paths, fn_model, pe, x_adv, x, t, noise):
-    """Algorithm 1's total = g_id/||g_id|| - s_up/||s_up||, written plainly with diffusers,
-    transformers and facenet-pytorch (NCHW tensors)."""
-    import torch.nn.functional as F
-    from diffusers import AutoencoderKL, DDPMScheduler
-    from transformers import CLIPVisionModelWithProjection
-
-    clip = CLIPVisionModelWithProjection.from_pretrained(paths["image_encoder"]).eval()
-    unet = dr.torch_unet_with_ip(root, paths["plus"])
-    vae = AutoencoderKL.from_pretrained(root, subfolder="vae").eval()
-    sched = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
-    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-    size = clip.config.image_size
-
-    def clip_in(img):
-        return (F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False) - mean) / std
-
-    xa = torch.from_numpy(x_adv).permute(0, 3, 1, 2).requires_grad_(True)
-    xc = torch.from_numpy(x).permute(0, 3, 1, 2)
-    with torch.no_grad():
-        e_clip = clip(pixel_values=clip_in(xc)).image_embeds
-        e_fn = fn_model(F.interpolate(xc, size=(160, 160), mode="bilinear", align_corners=False) * 2 - 1)
-    l_id = (F.cosine_similarity(clip(pixel_values=clip_in(xa)).image_embeds, e_clip).sum()
-            + F.cosine_similarity(fn_model(F.interpolate(xa, size=(160, 160), mode="bilinear",
-                                                         align_corners=False) * 2 - 1), e_fn).sum())
-    g = torch.autograd.grad(l_id, xa)[0]
-    with torch.no_grad():
-        z = vae.encode(xc * 2 - 1).latent_dist.mode() * vae.config.scaling_factor
-        tt = torch.from_numpy(t).long()
-        zt = sched.add_noise(z, torch.from_numpy(noise), tt)
-        h_adv = clip(pixel_values=clip_in(xa.detach()), output_hidden_states=True).hidden_states[-2]
-        h_cln = clip(pixel_values=clip_in(xc), output_hidden_states=True).hidden_states[-2]
-        added = {k: torch.from_numpy(np.asarray(v)) for k, v in pe.added_cond(S, S).items()}
-        txt = torch.from_numpy(np.asarray(pe.batch(1)))
-
-        def eps(h):
-            return unet(zt, tt, encoder_hidden_states=txt,
-                        added_cond_kwargs=dict(added, image_embeds=[h[:, None]])).sample
-
-        sig = torch.sqrt(1 - sched.alphas_cumprod[tt]).view(-1, 1, 1, 1)
-        s = -(eps(h_adv) - eps(h_cln)) / sig
-        s_up = F.interpolate(s[:, :3], size=(S, S), mode="bilinear", align_corners=False)
-    total = g / (g.norm() + 1e-8) - s_up / (s_up.norm() + 1e-8)
-    return total.permute(0, 2, 3, 1).numpy(), s_up.permute(0, 2, 3, 1).numpy()
-
-
 def test_one_step_matches_pytorch_restatement(models):
     root, paths, fn_model, fn_params, p, pe = models
     rng = np.random.default_rng(7)
@@ -94,7 +47,7 @@ def test_one_step_matches_pytorch_restatement(models):
     ours = np.asarray(jax.jit(deflection.algorithm1_direction)(
         jnp.asarray(x_adv), jnp.asarray(x), p, fn_params, z_clean, tokens_clean,
         jnp.asarray(t), jnp.asarray(noise)))
-    ref, s_up = _torch_direction(root, paths, fn_model, pe, x_adv, x, t, noise)
+    ref, s_up = dr.torch_algorithm1_direction(root, paths, fn_model, pe, x_adv, x, t, noise, S)
     assert np.abs(s_up).max() > 0  # the deflection term is not trivially zero
     differ = np.sign(ours) != np.sign(ref)
     small = np.abs(ref) < 1e-6
