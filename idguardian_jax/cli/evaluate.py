@@ -34,31 +34,34 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("clean", None, "Folder of clean (original) photos.")
 flags.DEFINE_string("protected", None, "Folder of protected photos (same relative paths).")
 flags.DEFINE_string("report", None, "Folder for report.json, report.html and the CSV files.")
-flags.DEFINE_string("identities", None, "JSON {clean file: person} or CSV with columns file,person: "
-                    "verification against the person's other clean photos.")
+flags.DEFINE_string("identities", None, "JSON {clean file: person} or CSV with columns "
+                    "file,person: verification against the person's other clean photos.")
 flags.DEFINE_list("encoders", [], "Encoders to measure (default: dlib_resnet and every encoder "
                   "given a checkpoint).")
-flags.DEFINE_list("checkpoints", [], "name=path of each encoder's weights, e.g. arcface=w600k_r50.onnx "
-                  "(dlib_resnet defaults to the bundled weights).")
+flags.DEFINE_list("checkpoints", [], "name=path of each encoder's weights, e.g. "
+                  "arcface=w600k_r50.onnx (dlib_resnet defaults to the bundled weights).")
 flags.DEFINE_string("transforms", "", "Comma-separated post-processing transforms to measure the "
                     "protected photo after ('default' = the standard sweep; '+' chains).")
-flags.DEFINE_bool("clean_baseline", False, "Also measure each transform on the clean photo (what the "
-                  "transform alone does to the identity).")
+flags.DEFINE_bool("clean_baseline", False, "Also measure each transform on the clean photo "
+                  "(what the transform alone does to the identity).")
 flags.DEFINE_string("lpips_weights", None, "Local LPIPS weights (.npz written by "
                     "idguardian_jax.evaluate.lpips, or lpips' alex.pth with --lpips_backbone).")
-flags.DEFINE_string("lpips_backbone", None, "torchvision AlexNet weights (.pth) for --lpips_weights=alex.pth.")
-flags.DEFINE_integer("upsample", 1, "Times the detector upsamples the photo (dlib's upsample_num_times).",
-                     lower_bound=0)
+flags.DEFINE_string("lpips_backbone", None, "torchvision AlexNet weights (.pth) for "
+                    "--lpips_weights=alex.pth.")
+flags.DEFINE_integer("upsample", 1, "Times the detector upsamples the photo (dlib's "
+                     "upsample_num_times).", lower_bound=0)
 flags.DEFINE_bool("reuse_protect_records", True, "Take the clean faces' boxes from "
                   "PROTECTED/idguardian_summary.jsonl when its record is for the same clean file "
                   "(sha256); saves one detection per photo.")
 flags.DEFINE_integer("html_photos", 100, "Photos shown in report.html (all are in the JSON/CSV).",
                      lower_bound=0)
-flags.DEFINE_integer("thumb_size", 320, "Longest side of the report's thumbnails (pixels).", lower_bound=0)
+flags.DEFINE_integer("thumb_size", 320, "Longest side of the report's thumbnails (pixels).",
+                     lower_bound=0)
 flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS, "Refuse larger photos.")
 flags.DEFINE_bool("progress", True, "One line per photo on stderr.")
-flags.DEFINE_integer("workers", 1, "Photos evaluated at once (threads); 2 can help on an idle 2-core "
-                     "machine, since the detector's convolutions run on about one core.", lower_bound=1)
+flags.DEFINE_integer("workers", 1, "Photos evaluated at once (threads); 2 can help on an idle "
+                     "2-core machine, since the detector's convolutions run on about one core.",
+                     lower_bound=1)
 
 
 def _usage(msg: str):
@@ -135,7 +138,8 @@ def main(argv: list[str]) -> int:
     try:
         paths = report.write(FLAGS.report, rep, thumbs, FLAGS.html_photos)
     except OSError as e:
-        print(f"error: {FLAGS.report}: cannot write the report ({e.strerror or e})", file=sys.stderr)
+        print(f"error: {FLAGS.report}: cannot write the report ({e.strerror or e})",
+              file=sys.stderr)
         return common.EXIT_SOME_FAILED
     print(report.text_table(rep))
     failed = [p for p in run.photos if p.status == "error"]
@@ -144,8 +148,8 @@ def main(argv: list[str]) -> int:
     for n in run.notes:
         print(f"note: {n}", file=sys.stderr)
     if not ts:
-        print("note: add --transforms=default to measure robustness to JPEG, resizing, blur, noise, "
-              "cropping, bit depth and median filtering", file=sys.stderr)
+        print("note: add --transforms=default to measure robustness to JPEG, resizing, blur, "
+              "noise, cropping, bit depth and median filtering", file=sys.stderr)
     print(f"report: {paths['report.html']} (and report.json, summary.csv, photos.csv, faces.csv)")
     return common.EXIT_SOME_FAILED if failed else common.EXIT_OK
 

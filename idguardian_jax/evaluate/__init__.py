@@ -2,7 +2,8 @@
 between clean photos and their protected copies, after post-processing transforms, with a report.
 
 >>> from idguardian_jax import evaluate  # doctest: +SKIP
->>> run = evaluate.evaluate_folders("photos/", "protected/", transforms=["jpeg75"])  # doctest: +SKIP
+>>> run = evaluate.evaluate_folders("photos/", "protected/",  # doctest: +SKIP
+...                                transforms=["jpeg75"])
 >>> report = evaluate.report.build(run); evaluate.report.write("report/", report)  # doctest: +SKIP
 """
 from __future__ import annotations
@@ -11,10 +12,11 @@ from idguardian_jax.evaluate import metrics, report, transforms
 from idguardian_jax.evaluate.core import Evaluator, FaceEval, PhotoEval, Run, Variant
 
 
-def evaluate_folders(clean_dir: str, protected_dir: str, identities=None, *, encoders=("dlib_resnet",),
-                     checkpoints=None, transforms=(), clean_baseline=False, lpips_weights=None,
-                     upsample=1, reuse_protect_records=True, thumb_size=320, progress=False,
-                     workers=1, evaluator: Evaluator | None = None) -> Run:
+def evaluate_folders(clean_dir: str, protected_dir: str, identities=None, *,
+                     encoders=("dlib_resnet",), checkpoints=None, transforms=(),
+                     clean_baseline=False, lpips_weights=None, upsample=1,
+                     reuse_protect_records=True, thumb_size=320, progress=False, workers=1,
+                     evaluator: Evaluator | None = None) -> Run:
     """Evaluate every photo under clean_dir against its protected copy (see core.Evaluator)."""
     ev = evaluator or Evaluator(encoders, checkpoints, transforms, clean_baseline, lpips_weights,
                                 upsample, thumb_size=thumb_size)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import os
 import sys
 import threading
 import time
@@ -100,9 +101,9 @@ class PhotoEval:
     thumbs: dict[str, bytes] = dataclasses.field(default_factory=dict, repr=False)
 
     def record(self) -> dict:
-        d = {k: getattr(self, k) for k in ("path", "clean", "protected", "status", "error", "width",
-                                           "height", "person", "psnr", "ssim", "lpips", "max_change",
-                                           "clean_faces_from", "seconds", "notes")}
+        keys = ("path", "clean", "protected", "status", "error", "width", "height", "person",
+                "psnr", "ssim", "lpips", "max_change", "clean_faces_from", "seconds", "notes")
+        d = {k: getattr(self, k) for k in keys}
         d["faces"] = [f.record() for f in self.faces]
         return d
 
@@ -134,8 +135,8 @@ class Evaluator:
     """
 
     def __init__(self, encoders: Sequence[str] = ("dlib_resnet",), checkpoints: dict | None = None,
-                 transforms: Sequence[str | transforms_mod.Transform] = (), clean_baseline: bool = False,
-                 lpips_weights: str | None = None, upsample: int = 1,
+                 transforms: Sequence[str | transforms_mod.Transform] = (),
+                 clean_baseline: bool = False, lpips_weights: str | None = None, upsample: int = 1,
                  models: analyze.FaceModels | None = None, thumb_size: int = 320):
         checkpoints = dict(checkpoints or {})
         self.encoder_names = list(dict.fromkeys(encoders))
@@ -162,7 +163,8 @@ class Evaluator:
         if clean_baseline:
             self.variants += [Variant(f"clean:{t.name}", "clean", t) for t in ts]
         self.lpips = None
-        self.lpips_note = "LPIPS not computed: no local weights given (--lpips_weights); never downloaded"
+        self.lpips_note = ("LPIPS not computed: no local weights given (--lpips_weights); "
+                           "never downloaded")
         if lpips_weights:
             from idguardian_jax.evaluate import lpips
 
@@ -225,7 +227,8 @@ class Evaluator:
             padded[:n] = chips
             if name not in self._apply:
                 enc = encoder_registry.get(name)
-                self._apply[name] = jax.jit(lambda p, x: enc.apply(p, x.astype(jnp.float32) / 255.0))
+                self._apply[name] = jax.jit(
+                    lambda p, x: enc.apply(p, x.astype(jnp.float32) / 255.0))
             out = np.asarray(self._apply[name](self.params[name], padded))[:n]
         self._tick("embed", t)
         return np.asarray(out, np.float32)
@@ -241,13 +244,14 @@ class Evaluator:
         t0 = time.perf_counter()
         pe = PhotoEval(path, person=person, width=int(clean.shape[1]), height=int(clean.shape[0]))
         if protected.shape != clean.shape:
-            pe.error = (f"{path}: the protected photo is {protected.shape[1]}x{protected.shape[0]}, "
-                        f"the clean one {clean.shape[1]}x{clean.shape[0]}")
+            pe.error = (f"{path}: the protected photo is {protected.shape[1]}x"
+                        f"{protected.shape[0]}, the clean one {clean.shape[1]}x{clean.shape[0]}")
             return pe
         t = time.perf_counter()
         pe.max_change = metrics.max_change(clean, protected)
         pe.psnr = None if pe.max_change == 0 else round(metrics.psnr(clean, protected), 4)
-        pe.ssim = round(metrics.ssim(clean, protected), 6)
+        ssim = metrics.ssim(clean, protected)
+        pe.ssim = None if np.isnan(ssim) else round(ssim, 6)  # nan: smaller than SSIM's window
         if self.lpips is not None:
             pe.lpips = float(f"{self.lpips(clean, protected):.7g}")
         self._tick("image_metrics", t)
@@ -279,9 +283,8 @@ class Evaluator:
             mapped = [v.transform.map_box(f.box, img.shape) for f in faces]
             match = metrics.match_faces(mapped, [g.box for g in found], MIN_IOU)
             for i, j in enumerate(match):
-                pe.faces[i].results[v.name] = {
-                    "found": j is not None, "box": None if j is None else [int(x) for x in found[j].box],
-                    "encoders": {}}
+                box = None if j is None else [int(x) for x in found[j].box]
+                pe.faces[i].results[v.name] = {"found": j is not None, "box": box, "encoders": {}}
                 if j is not None:
                     slots.append((v.name, i))
                     for n in self.encoder_names:
@@ -309,7 +312,8 @@ class Evaluator:
                     subjects[fe.person].append((pe.path, fe))
         for pe in photos:
             for fe in pe.faces:
-                gallery = [g for p, g in subjects.get(fe.person, []) if p != pe.path] if fe.person else []
+                gallery = ([g for p, g in subjects.get(fe.person, []) if p != pe.path]
+                           if fe.person else [])
                 fe.gallery = len(gallery)
                 for n in self.encoder_names:
                     enc = encoder_registry.get(n)
@@ -335,9 +339,10 @@ class Evaluator:
         return {n: {"distance": encoder_registry.get(n).distance,
                     "threshold": encoder_registry.get(n).threshold} for n in self.encoder_names}
 
-    def evaluate_folders(self, clean_dir: str, protected_dir: str, identities: str | dict | None = None,
-                         reuse_protect_records: bool = True, max_pixels: int = images.DEFAULT_MAX_PIXELS,
-                         progress: bool = True, workers: int = 1) -> Run:
+    def evaluate_folders(self, clean_dir: str, protected_dir: str,
+                         identities: str | dict | None = None, reuse_protect_records: bool = True,
+                         max_pixels: int = images.DEFAULT_MAX_PIXELS, progress: bool = True,
+                         workers: int = 1) -> Run:
         """Evaluate every clean photo under clean_dir against its copy under protected_dir.
 
         workers: photos evaluated at once in threads (XLA runs the detector's convolutions on about
@@ -352,7 +357,8 @@ class Evaluator:
         work = lambda pair: self._evaluate_file(pair, labels, records, max_pixels,  # noqa: E731
                                                 reuse_protect_records)
         with futures.ThreadPoolExecutor(max(1, int(workers))) as pool:
-            for k, pe in enumerate(pool.map(work, pairs) if workers > 1 else map(work, pairs), start=1):
+            results = pool.map(work, pairs) if workers > 1 else map(work, pairs)
+            for k, pe in enumerate(results, start=1):
                 photos.append(pe)
                 if progress:
                     sys.stderr.write(f"[{k}/{len(pairs)}] {progress_line(pe)}\n")
@@ -375,7 +381,8 @@ class Evaluator:
         return Run(photos, self.encoders_info(), [v.name for v in self.variants], settings, notes,
                    unpaired, dict(self.timings))
 
-    def _evaluate_file(self, pair: inputs.Pair, labels, records, max_pixels, reuse=True) -> PhotoEval:
+    def _evaluate_file(self, pair: inputs.Pair, labels, records, max_pixels,
+                       reuse=True) -> PhotoEval:
         pe = PhotoEval(pair.key, pair.clean, pair.protected)
         if pair.error:
             pe.error = pair.error
@@ -398,8 +405,9 @@ class Evaluator:
                 pe.status, pe.width, pe.height = "no_face", clean.shape[1], clean.shape[0]
                 pe.notes.append("no face found on the clean photo; no protected copy")
                 return pe
-            pe.error = f"{pair.clean}: no protected copy (expected {pair.key.rsplit('.', 1)[0]}.png " \
-                       f"or another image extension under the protected folder)"
+            stem = os.path.splitext(pair.key)[0]
+            pe.error = (f"{pair.clean}: no protected copy (expected {stem}.png or another image "
+                        f"extension under the protected folder)")
             return pe
         try:
             protected = images.read_photo(pair.protected, max_pixels=max_pixels).rgb
@@ -408,8 +416,8 @@ class Evaluator:
             return pe
         self._tick("read", t)
         if protected.shape != clean.shape:
-            pe.error = (f"{pair.protected}: {protected.shape[1]}x{protected.shape[0]} pixels, but the "
-                        f"clean photo {pair.clean} is {clean.shape[1]}x{clean.shape[0]}")
+            pe.error = (f"{pair.protected}: {protected.shape[1]}x{protected.shape[0]} pixels, but "
+                        f"the clean photo {pair.clean} is {clean.shape[1]}x{clean.shape[0]}")
             return pe
         try:
             out = self.evaluate_pair(pair.key, clean, protected, inputs.person_of(pair.key, labels),

@@ -11,9 +11,11 @@ from idguardian_jax.evaluate.report import data_uri, escape
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 _STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
+max-width:1200px}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
+table{border-collapse:collapse;margin:8px 0}
+td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
 th{background:#f4f4f4}td.l,th.l{text-align:left}.ok{color:#17803d}.bad{color:#b42318}
 .photo{border:1px solid #e3e3e3;border-radius:6px;padding:10px;margin:12px 0}
 .trio{display:flex;gap:10px;flex-wrap:wrap}.trio figure{margin:0}
@@ -43,7 +45,8 @@ def _summary_table(report: dict) -> str:
     for r in report["summary"]:
         cells = (r["variant"], r["encoder"], r["faces"], r["found"], _pct(r["fdfr"]),
                  _fmt(r["distance_mean"]), _fmt(r["threshold"], "g"), _pct(r["success_rate"]),
-                 f"{_pct(r['match_rate'])} ({r['faces_with_gallery']})", _pct(r["clean_match_rate"]))
+                 f"{_pct(r['match_rate'])} ({r['faces_with_gallery']})",
+                 _pct(r["clean_match_rate"]))
         out.append("<tr>" + "".join(f'<td class="{"l" if i < 2 else ""}">{escape(c)}</td>'
                                     for i, c in enumerate(cells)) + "</tr>")
     return "\n".join(out) + "</table>"
@@ -66,8 +69,8 @@ def _photo(p: dict, thumbs: dict, encoders: list[str], variants: list[str]) -> s
         parts.append(f'<p class="err">{escape(p["error"])}</p></div>')
         return "\n".join(parts)
     psnr = "identical" if p["psnr"] is None else f"PSNR {p['psnr']:.2f} dB"
-    parts.append(f'<p class="note">{p["width"]}x{p["height"]}, {psnr}, SSIM {_fmt(p["ssim"], ".4f")}, '
-                 f'max change {p["max_change"]}/255'
+    parts.append(f'<p class="note">{p["width"]}x{p["height"]}, {psnr}, '
+                 f'SSIM {_fmt(p["ssim"], ".4f")}, max change {p["max_change"]}/255'
                  + (f", LPIPS {p['lpips']:.4f}" if p.get("lpips") is not None else "")
                  + (f", person {escape(p['person'])}" if p.get("person") else "")
                  + f", clean faces {escape(p.get('clean_faces_from') or '-')}</p>")
@@ -99,11 +102,13 @@ def _photo(p: dict, thumbs: dict, encoders: list[str], variants: list[str]) -> s
                     ok = e.get("success")
                     g = e.get("gallery_min")
                     gtxt = f" / gallery {g:.3f}" if g is not None else ""
-                    cells.append(f'<td class="{"ok" if ok else "bad"}">{_fmt(e.get("distance"))}{gtxt} '
-                                 f'{"&#10003;" if ok else "&#10007;"}</td>')
+                    mark = "&#10003;" if ok else "&#10007;"
+                    cells.append(f'<td class="{"ok" if ok else "bad"}">'
+                                 f'{_fmt(e.get("distance"))}{gtxt} {mark}</td>')
         rows.append(f'<tr><td class="l">{escape(v)}</td>{"".join(cells)}</tr>')
     parts.append("\n".join(rows) + "</table>")
-    parts.append("</div>")
+    parts.append('<p class="note">distance of the face found again to its clean face / to the '
+                 "nearest other clean photo of the person (gallery); &#10003; protected</p></div>")
     return "\n".join(parts)
 
 
@@ -111,10 +116,11 @@ def render(report: dict, thumbs: dict[str, dict[str, bytes]], max_photos: int = 
     """The HTML page of a JSON report; thumbs: photo path -> report.thumbnails(...)."""
     s = report["settings"]
     encoders = list(report["encoders"])
-    figs = [(plots.distance_before_after(report), "Distance before/after: the protected face against "
-             "its clean face and, with identities, against the person's other clean photos."),
-            (plots.success_per_transform(report), "Protection success rate per transform (faces not "
-             "detected count as protected), and the detection failure rate."),
+    figs = [(plots.distance_before_after(report), "Distance before/after: the protected face "
+             "against its clean face and, with identities, against the person's other clean "
+             "photos."),
+            (plots.success_per_transform(report), "Protection success rate per transform (faces "
+             "not detected count as protected), and the detection failure rate."),
             (plots.distance_per_transform(report), "dlib distance to the clean face per transform "
              "(faces found again)."),
             (plots.quality_distribution(report), "PSNR and SSIM distribution over the photos.")]
@@ -123,7 +129,8 @@ def render(report: dict, thumbs: dict[str, dict[str, bytes]], max_photos: int = 
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            "<title>IDGuardian evaluation</title>", f"<style>{_STYLE}</style></head><body>",
            "<h1>IDGuardian evaluation</h1>",
-           f"<p class=\"note\">clean: {escape(s.get('clean'))}<br>protected: {escape(s.get('protected'))}"
+           f"<p class=\"note\">clean: {escape(s.get('clean'))}<br>"
+           f"protected: {escape(s.get('protected'))}"
            f"<br>identities: {escape(s.get('identities') or 'none')}; encoders: "
            + ", ".join(f"{escape(n)} ({escape(i['distance'])}, threshold {i['threshold']:g})"
                        for n, i in report["encoders"].items())
@@ -143,7 +150,8 @@ def render(report: dict, thumbs: dict[str, dict[str, bytes]], max_photos: int = 
     out.append("<h2>Figures</h2>")
     for png, cap in figs:
         if png is not None:
-            out.append(f"<figure>{_img(png, 'image/png', cap)}<figcaption>{escape(cap)}</figcaption></figure>")
+            out.append(f"<figure>{_img(png, 'image/png', cap)}"
+                       f"<figcaption>{escape(cap)}</figcaption></figure>")
     photos = report["photos"]
     out.append("<h2>Photos</h2>")
     if len(photos) > max_photos:

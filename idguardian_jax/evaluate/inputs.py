@@ -138,7 +138,8 @@ def protect_records(protected_dir: str) -> dict[str, dict]:
     return out
 
 
-def reusable_boxes(records: dict[str, dict], clean_path: str) -> list[tuple[tuple[int, ...], float | None]] | None:
+def reusable_boxes(records: dict[str, dict],
+                   clean_path: str) -> list[tuple[tuple[int, ...], float | None]] | None:
     """The clean faces (box, score) idguardian-protect found on this very file (same sha256), or
     None when no usable record exists."""
     if not records:

@@ -38,8 +38,9 @@ def _read(path: str) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise ValueError(f"{path}: reading .pth weights needs torch (pip install torch), or convert "
-                         f"them once to .npz with idguardian_jax.evaluate.lpips.save_npz") from None
+        raise ValueError(f"{path}: reading .pth weights needs torch (pip install torch), or "
+                         f"convert them once to .npz with idguardian_jax.evaluate.lpips.save_npz"
+                         ) from None
     sd = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(sd, dict):
         raise ValueError(f"{path}: not a state dict")
@@ -68,7 +69,8 @@ def save_npz(spec: str, out: str) -> None:
 
 def _conv(x, w, b, stride, pad):
     y = jax.lax.conv_general_dilated(x, jnp.transpose(w, (2, 3, 1, 0)), (stride, stride),
-                                     ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     ((pad, pad), (pad, pad)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                      precision=jax.lax.Precision.HIGHEST)
     return y + b
 
@@ -110,7 +112,8 @@ class LPIPS:
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
         if min(a.shape[:2]) < 32:
-            raise ValueError(f"LPIPS needs photos of at least 32x32 pixels, got {a.shape[1]}x{a.shape[0]}")
+            raise ValueError(f"LPIPS needs photos of at least 32x32 pixels, "
+                             f"got {a.shape[1]}x{a.shape[0]}")
         x = jnp.asarray(a, jnp.float32)[None] / 255.0
         y = jnp.asarray(b, jnp.float32)[None] / 255.0
         return float(distance(self.params, x, y)[0])

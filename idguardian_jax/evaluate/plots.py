@@ -21,6 +21,12 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _points(x, ys):
+    """The (x, y) pairs of a series whose y is known."""
+    keep = [(xi, y) for xi, y in zip(x, ys) if y is not None]
+    return [k[0] for k in keep], [k[1] for k in keep]
+
+
 def _faces(report: dict) -> list[dict]:
     return [f for p in report["photos"] if p["status"] == "evaluated" for f in p["faces"]]
 
@@ -41,22 +47,23 @@ def distance_before_after(report: dict) -> bytes | None:
         order = sorted(range(len(faces)), key=lambda i: -1 if own[i] is None else own[i])
         x = np.arange(len(faces))
         y_own = [own[i] for i in order]
-        ax.scatter([xi for xi, v in zip(x, y_own) if v is not None], [v for v in y_own if v is not None],
-                   s=22, color=_COLORS[0], label="protected vs its clean face", zorder=3)
+        ax.scatter(*_points(x, y_own), s=22, color=_COLORS[0], label="protected vs its clean face",
+                   zorder=3)
         lost = [xi for xi, v in zip(x, y_own) if v is None]
         if lost:
             ax.scatter(lost, [thr] * len(lost), marker="x", s=40, color="black", zorder=3,
                        label="protected face not detected")
         before = [faces[i]["clean"].get(name, {}).get("gallery_min") for i in order]
-        after = [faces[i]["results"]["none"]["encoders"].get(name, {}).get("gallery_min") for i in order]
+        after = [faces[i]["results"]["none"]["encoders"].get(name, {}).get("gallery_min")
+                 for i in order]
         if any(v is not None for v in before):
             for xi, b, a in zip(x, before, after):
                 if b is not None and a is not None:
                     ax.plot([xi, xi], [b, a], color="#999999", lw=1, zorder=1)
-            ax.scatter([xi for xi, v in zip(x, before) if v is not None], [v for v in before if v is not None],
-                       s=22, facecolors="none", edgecolors=_COLORS[2], label="same person, before", zorder=2)
-            ax.scatter([xi for xi, v in zip(x, after) if v is not None], [v for v in after if v is not None],
-                       s=26, marker="^", color=_COLORS[1], label="same person, after", zorder=2)
+            ax.scatter(*_points(x, before), s=22, facecolors="none", edgecolors=_COLORS[2],
+                       label="same person, before", zorder=2)
+            ax.scatter(*_points(x, after), s=26, marker="^", color=_COLORS[1],
+                       label="same person, after", zorder=2)
         ax.axhline(thr, color="black", ls="--", lw=1, label=f"threshold {thr:g}")
         ax.set_xlabel("face (sorted by distance to its clean face)")
         ax.set_ylabel(f"{name} distance")
@@ -80,10 +87,9 @@ def success_per_transform(report: dict) -> bytes | None:
     width = 0.8 / (len(encs) + 1)
     x = np.arange(len(variants))
     for k, name in enumerate(encs):
-        vals = [next((r["success_rate"] for r in rows if r["variant"] == v and r["encoder"] == name), None)
-                for v in variants]
-        ax.bar(x + k * width, [100 * (v or 0) for v in vals], width, color=_COLORS[k % len(_COLORS)],
-               label=f"success, {name}")
+        rates = {r["variant"]: r["success_rate"] for r in rows if r["encoder"] == name}
+        ax.bar(x + k * width, [100 * (rates.get(v) or 0) for v in variants], width,
+               color=_COLORS[k % len(_COLORS)], label=f"success, {name}")
     fdfr = [next((r["fdfr"] for r in rows if r["variant"] == v), None) for v in variants]
     ax.bar(x + len(encs) * width, [100 * (v or 0) for v in fdfr], width, color="#7f7f7f",
            label="face not detected (FDFR)")
@@ -97,7 +103,8 @@ def success_per_transform(report: dict) -> bytes | None:
 def quality_distribution(report: dict) -> bytes | None:
     """Histograms of the per-photo PSNR and SSIM between clean and protected photos."""
     ps = [p["psnr"] for p in report["photos"] if p.get("psnr") is not None]
-    ss = [p["ssim"] for p in report["photos"] if p.get("ssim") is not None and np.isfinite(p["ssim"])]
+    ss = [p["ssim"] for p in report["photos"]
+          if p.get("ssim") is not None and np.isfinite(p["ssim"])]
     if not ps and not ss:
         return None
     fig = _figure(7.5, 2.8)

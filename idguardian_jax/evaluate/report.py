@@ -30,8 +30,8 @@ SUMMARY_FIELDS = ("variant", "image", "transform", "encoder", "threshold", "face
                   "match_rate", "clean_match_rate")
 PHOTO_FIELDS = ("path", "status", "width", "height", "faces", "person", "psnr", "ssim", "lpips",
                 "max_change", "clean_faces_from", "seconds", "error")
-FACE_FIELDS = ("path", "face", "box", "person", "gallery", "variant", "encoder", "found", "distance",
-               "gallery_min", "recognized", "success")
+FACE_FIELDS = ("path", "face", "box", "person", "gallery", "variant", "encoder", "found",
+               "distance", "gallery_min", "recognized", "success")
 
 
 # ------------------------------------------------------------------------------------------
@@ -45,12 +45,14 @@ def _rate(num, den):
     return None if not den else round(num / den, 6)
 
 
-def summary_rows(photos: Sequence[dict], encoders: dict[str, dict], variants: Sequence[str]) -> list[dict]:
+def summary_rows(photos: Sequence[dict], encoders: dict[str, dict],
+                 variants: Sequence[str]) -> list[dict]:
     """Per variant x encoder aggregates over every face of the evaluated photos (JSON records)."""
     faces = [f for p in photos if p["status"] == "evaluated" for f in p["faces"]]
     rows = []
     for v in variants:
-        image, transform = ("clean", v.split(":", 1)[1]) if v.startswith("clean:") else ("protected", v)
+        image, transform = (("clean", v.split(":", 1)[1]) if v.startswith("clean:")
+                            else ("protected", v))
         for name, info in encoders.items():
             res = [f["results"][v] for f in faces if v in f["results"]]
             found = [r for r in res if r["found"]]
@@ -75,12 +77,14 @@ def summary_rows(photos: Sequence[dict], encoders: dict[str, dict], variants: Se
 
 
 def quality_summary(photos: Sequence[dict], lpips_note: str) -> dict:
-    ev = [p for p in photos if p["status"] in ("evaluated", "no_face") and p.get("max_change") is not None]
+    ev = [p for p in photos
+          if p["status"] in ("evaluated", "no_face") and p.get("max_change") is not None]
     ps = [p["psnr"] for p in ev if p["psnr"] is not None]
     ss = [p["ssim"] for p in ev if p["ssim"] is not None and not math.isnan(p["ssim"])]
     lp = [p["lpips"] for p in ev if p.get("lpips") is not None]
     return {"photos": len(ev), "identical": sum(p["psnr"] is None for p in ev),
-            "psnr_mean": _mean(ps), "psnr_median": None if not ps else round(float(np.median(ps)), 4),
+            "psnr_mean": _mean(ps),
+            "psnr_median": None if not ps else round(float(np.median(ps)), 4),
             "psnr_min": None if not ps else round(min(ps), 4),
             "ssim_mean": _mean(ss), "ssim_min": None if not ss else round(min(ss), 6),
             "lpips_mean": _mean(lp), "lpips": lpips_note,
@@ -125,9 +129,9 @@ def text_table(report: dict) -> str:
         lp = (f"LPIPS mean {q['lpips_mean']:.4f}" if q["lpips_mean"] is not None
               else "LPIPS not computed (no --lpips_weights)")
         lines.append(f"image quality (clean vs protected, {q['photos']} photos): PSNR mean "
-                     f"{_num(q['psnr_mean'], '.2f')} dB (min {_num(q['psnr_min'], '.2f')}), SSIM mean "
-                     f"{_num(q['ssim_mean'], '.4f')} (min {_num(q['ssim_min'], '.4f')}), max change "
-                     f"{q['max_change']}/255, {lp}")
+                     f"{_num(q['psnr_mean'], '.2f')} dB (min {_num(q['psnr_min'], '.2f')}), "
+                     f"SSIM mean {_num(q['ssim_mean'], '.4f')} (min {_num(q['ssim_min'], '.4f')}), "
+                     f"max change {q['max_change']}/255, {lp}")
     head = ("variant", "encoder", "faces", "found", "FDFR", "dist mean", "thr", "success",
             "match (n)", "clean match")
     rows = [head]
@@ -141,8 +145,9 @@ def text_table(report: dict) -> str:
         lines.append("  ".join(s.ljust(w) for s, w in zip(r, widths)).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
-    lines.append("success: not found again, or at/beyond the threshold from the clean face and the "
-                 "person's other photos; match: still recognized by the gallery (needs --identities)")
+    lines.append("success: not found again, or at/beyond the threshold from the clean face and "
+                 "the person's other photos; match: still recognized by the gallery (needs "
+                 "--identities)")
     return "\n".join(lines)
 
 
@@ -164,9 +169,10 @@ def face_rows(report: dict) -> list[dict]:
         for f in p["faces"]:
             for v, res in f["results"].items():
                 for name, e in res["encoders"].items():
-                    rows.append({"path": p["path"], "face": f["index"], "box": " ".join(map(str, f["box"])),
-                                 "person": f["person"], "gallery": f["gallery"], "variant": v,
-                                 "encoder": name, "found": res["found"], **e})
+                    rows.append({"path": p["path"], "face": f["index"],
+                                 "box": " ".join(map(str, f["box"])), "person": f["person"],
+                                 "gallery": f["gallery"], "variant": v, "encoder": name,
+                                 "found": res["found"], **e})
     return rows
 
 
@@ -183,7 +189,8 @@ def write(report_dir: str, report: dict, thumbs: dict[str, dict[str, bytes]] | N
     _csv(paths["faces.csv"], FACE_FIELDS, face_rows(report))
     from idguardian_jax.evaluate import html_page
 
-    jsonio.write_text_atomic(paths["report.html"], html_page.render(report, thumbs or {}, html_photos))
+    page = html_page.render(report, thumbs or {}, html_photos)
+    jsonio.write_text_atomic(paths["report.html"], page)
     return paths
 
 
@@ -211,7 +218,9 @@ def thumbnails(clean: np.ndarray, protected: np.ndarray, size: int = 320) -> dic
     h, w = clean.shape[:2]
     s = min(1.0, size / max(h, w))
     wh = (max(1, round(w * s)), max(1, round(h * s)))
-    small = lambda a, f: a if s == 1.0 else np.asarray(Image.fromarray(a).resize(wh, f))  # noqa: E731
+    def small(a, f):
+        return a if s == 1.0 else np.asarray(Image.fromarray(a).resize(wh, f))
+
     diff, gain = amplified_difference(clean, protected)
     return {"clean": _jpeg(small(clean, Image.LANCZOS)),
             "protected": _jpeg(small(protected, Image.LANCZOS)),

@@ -7,7 +7,7 @@ Every transform is a pure, deterministic function of a uint8 RGB photo (H, W, 3)
   jpegQ           JPEG encode/decode at quality Q (1-100; Pillow, 4:2:0 chroma subsampling)
   webpQ           WebP encode/decode at quality Q (1-100; Pillow)
   resizeS         resize down by S (0 < S < 1) and back up (Pillow bilinear, antialiased down)
-  blurS           Gaussian blur, standard deviation S pixels (exact separable kernel to 4 S, reflect)
+  blurS           Gaussian blur, standard deviation S pixels (separable kernel to 4 S, mirrored)
   noiseS          add Gaussian noise of standard deviation S (in 0-255 levels), fixed seed, clip
   cropF           center crop keeping a fraction F (0 < F < 1) of each side, resize back (bilinear)
   bitsB           keep B bits per channel (1-7): round(x / 255 * (2^B - 1)) * 255 / (2^B - 1)
@@ -72,13 +72,15 @@ class Transform:
         ax, bx, ay, by = self.geometry(shape)
         l, t, r, b = box
         rnd = lambda v: int(np.floor(v + 0.5))  # noqa: E731
-        return (rnd(ax * l + bx), rnd(ay * t + by), rnd(ax * (r + 1) + bx) - 1, rnd(ay * (b + 1) + by) - 1)
+        return (rnd(ax * l + bx), rnd(ay * t + by),
+                rnd(ax * (r + 1) + bx) - 1, rnd(ay * (b + 1) + by) - 1)
 
 
 def _check(rgb: np.ndarray, name: str) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"transform {name}: expected (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
+        raise ValueError(f"transform {name}: expected (H, W, 3) uint8 RGB, "
+                         f"got {rgb.shape} {rgb.dtype}")
     return rgb
 
 
@@ -176,7 +178,8 @@ def _bits(bits: int) -> Callable[[np.ndarray], np.ndarray]:
 
 def _median(size: int) -> Callable[[np.ndarray], np.ndarray]:
     def fn(rgb):
-        return np.asarray(Image.fromarray(rgb).filter(ImageFilter.MedianFilter(size)), np.uint8).copy()
+        out = Image.fromarray(rgb).filter(ImageFilter.MedianFilter(size))
+        return np.asarray(out, np.uint8).copy()
     return fn
 
 
@@ -187,7 +190,8 @@ _Spec = tuple[type, Callable[[float], str | None], Callable, Callable | None]
 def _between(lo, hi, lo_open=False, hi_open=False, what="") -> Callable[[float], str | None]:
     def check(v):
         ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        return None if ok else f"{what} must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        return None if ok else f"{what} must be in {interval}"
     return check
 
 
@@ -205,7 +209,8 @@ REGISTRY: dict[str, _Spec] = {
     "bits": (int, _between(1, 7, what="bits"), _bits, None),
     "median": (int, _odd, _median, None),
 }
-EXAMPLES = "none, jpeg75, webp80, resize0.5, blur1, noise4, crop0.9, bits5, median3, resize0.5+jpeg75"
+EXAMPLES = ("none, jpeg75, webp80, resize0.5, blur1, noise4, crop0.9, bits5, median3, "
+            "resize0.5+jpeg75")
 
 _NAME = re.compile(r"^([a-z]+)(\d+(?:\.\d*)?|\.\d+)?$")
 
@@ -227,7 +232,8 @@ def _parse_one(part: str, full: str) -> Transform:
     err = check(value)
     if err:
         raise ValueError(f"transform {part!r}: {err}")
-    return Transform(part, build(value), geometry(value) if geometry else lambda s: IDENTITY_GEOMETRY)
+    geo = geometry(value) if geometry else (lambda shape: IDENTITY_GEOMETRY)
+    return Transform(part, build(value), geo)
 
 
 def _example(base: str) -> str:
