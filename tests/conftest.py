@@ -1,19 +1,22 @@
 """Shared test fixtures: paths to ../shared/faces (used by path, never copied)."""
 import json
 import os
+import tempfile
 
 import pytest
 
+# One parsed-weight cache and one XLA compilation cache for the whole run, shared by every test,
+# every xdist worker and every subprocess the tests start (set before JAX is imported). CI points
+# IDGUARDIAN_CACHE_DIR at a folder of its own; locally a temporary folder is used, never the
+# user's cache.
+if "IDGUARDIAN_CACHE_DIR" not in os.environ:
+    os.environ["IDGUARDIAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="idguardian-test-cache-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.environ["IDGUARDIAN_CACHE_DIR"], "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FACES_DIR = os.environ.get("IDGUARDIAN_FACES_DIR", os.path.join(ROOT, "..", "shared", "faces"))
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _private_cache_dir(tmp_path_factory):
-    """Parsed-weight cache in a temp folder, so tests never touch the user's cache."""
-    if "IDGUARDIAN_CACHE_DIR" not in os.environ:
-        os.environ["IDGUARDIAN_CACHE_DIR"] = str(tmp_path_factory.mktemp("idguardian-cache"))
-    yield
 
 
 @pytest.fixture(scope="session")
