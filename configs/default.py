@@ -62,6 +62,11 @@ def get_config():
     c.diffusion.ip_scale = 1.0
     c.diffusion.weight = 1.0
     c.diffusion.dtype = "float32"      # 'bfloat16' / 'float16' on GPU
+    # Classic baselines in the same loop (configs/baseline_*.py): 'advdm' or 'photoguard'
+    c.diffusion.baseline = ""
+    c.diffusion.baseline_weight = 1.0
+    c.diffusion.baseline_view = "clip_vit"   # the aligned crop each face is attacked through
+    c.diffusion.photoguard_target = 0.5      # gray level of PhotoGuard's target image
 
     c.detect = ml_collections.ConfigDict()
     c.detect.upsample = 1             # dlib's upsample_num_times, as face_recognition uses

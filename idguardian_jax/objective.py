@@ -37,6 +37,24 @@ class Jitter:
 
 
 @dataclasses.dataclass(frozen=True)
+class BaselineTerm:
+    """A classic protection in the same loop, on each face's `view` (an encoder's aligned crop):
+
+    'advdm' (Liang et al. 2023): maximize the diffusion model's denoising loss
+      E_{t,e} ||eps(z_t(VAE(x_adv)), t, text) - e||^2 (gradient through the VAE and the UNet);
+      with a DreamBooth-fine-tuned model as `model_dir` this is Anti-DreamBooth's FSMG.
+    'photoguard' (Salman et al. 2023, encoder attack): pull VAE(x_adv) toward the latent of a
+      flat gray target image.
+    """
+
+    kind: str
+    weight: float = 1.0
+    view: str = "clip_vit"
+    t_min: int = 0
+    t_max: int = 999
+
+
+@dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
     """encoders: ((name, weight), ...). objective: 'away' or 'decoy'. cap: see identity_confusion.
 
@@ -49,6 +67,7 @@ class ObjectiveConfig:
     quantize: bool = True
     jitter: Jitter = Jitter()
     eot: eot_lib.EoTConfig = eot_lib.EoTConfig()
+    baseline: BaselineTerm | None = None
 
 
 def photo_views(x255: jax.Array, arrays: dict, groups: tuple[ViewGroup, ...], key: jax.Array | None,
@@ -78,21 +97,30 @@ def photo_views(x255: jax.Array, arrays: dict, groups: tuple[ViewGroup, ...], ke
     return jnp.concatenate(chips, axis=0) / 255.0
 
 
+def region_255(x01, arrays, key, cfg: ObjectiveConfig, eot: eot_lib.EoTConfig | None):
+    """The region as it will be written (8-bit), post-processed by a random transform (EoT)."""
+    x255 = warp.quantize_uint8_st(x01) if cfg.quantize else jnp.clip(x01, 0, 1) * 255.0
+    if key is not None and eot is not None and eot.active:
+        offset = arrays["_photo"]["offset"]
+        x255 = eot_lib.random_transform(x255, jax.random.fold_in(key, 0x5EED), eot,
+                                        (offset[0], offset[1]))
+    return x255
+
+
 def photo_embeddings(x01, arrays, groups, params, key, cfg: ObjectiveConfig, jitter: Jitter,
-                     eot: eot_lib.EoTConfig | None = None):
+                     eot: eot_lib.EoTConfig | None = None, x255=None):
     """encoder name -> (F, E) embeddings of every face's view.
 
     The region is rounded to 8 bits as it will be written (cfg.quantize), then, with a key and an
     active `eot`, post-processed by one random transform (JPEG, resize, blur, noise) before the
     views are cut: the chip each encoder sees is that of the processed photo.
     """
-    x255 = warp.quantize_uint8_st(x01) if cfg.quantize else jnp.clip(x01, 0, 1) * 255.0
-    if key is not None and eot is not None and eot.active:
-        offset = arrays["_photo"]["offset"]
-        x255 = eot_lib.random_transform(x255, jax.random.fold_in(key, 0x5EED), eot,
-                                        (offset[0], offset[1]))
+    if x255 is None:
+        x255 = region_255(x01, arrays, key, cfg, eot)
     out = {}
     for name, _ in cfg.encoders:
+        if name not in params:  # a weight-0 encoder kept only for its view
+            continue
         enc = encoder_registry.get(name)
         chips = photo_views(x255, arrays[name], groups[name],
                             None if key is None else jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF),
@@ -103,9 +131,16 @@ def photo_embeddings(x01, arrays, groups, params, key, cfg: ObjectiveConfig, jit
 
 def photo_loss(delta, x01, arrays, clean, decoy, params, key, *, groups, cfg: ObjectiveConfig):
     """Scalar loss of one photo region to minimize (mean over faces of the weighted terms)."""
-    embs = photo_embeddings(x01 + delta, arrays, groups, params, key, cfg, cfg.jitter, cfg.eot)
+    x255 = region_255(x01 + delta, arrays, key, cfg, cfg.eot)
+    embs = photo_embeddings(None, arrays, groups, params, key, cfg, cfg.jitter, x255=x255)
     total, count = 0.0, 0
+    if cfg.baseline is not None:
+        total = cfg.baseline.weight * _baseline_term(x255, arrays, groups, params, clean, key, cfg)
+        count = sum(g.count for g in groups[cfg.baseline.view])
+        total = total * count  # the sum below is divided by the face count again
     for name, weight in cfg.encoders:
+        if name not in embs:
+            continue
         enc = encoder_registry.get(name)
         d = None if cfg.objective == "away" else decoy[name]
         terms = identity.identity_confusion(embs[name], clean[name], enc.distance, d, cfg.cap)
@@ -114,9 +149,33 @@ def photo_loss(delta, x01, arrays, clean, decoy, params, key, *, groups, cfg: Ob
     return total / max(count, 1)
 
 
+def _baseline_term(x255, arrays, groups, params, clean, key, cfg: ObjectiveConfig):
+    """Mean over faces of the baseline's loss to minimize."""
+    from idguardian_jax.diffusion import schedule, unet, vae
+
+    b = cfg.baseline
+    dp = params["_diffusion"]
+    k = None if key is None else jax.random.fold_in(key, 0xBA5E)
+    chips = photo_views(x255, arrays[b.view], groups[b.view], k, cfg.jitter,
+                        "floor" if encoder_registry.get(b.view).view == "dlib" else "round")
+    z = vae.encode(dp.vae, chips)
+    if b.kind == "photoguard":
+        return jnp.mean((z - clean["_diffusion"]["z_target"]) ** 2)
+    f = chips.shape[0]
+    k = jax.random.key(0) if k is None else k
+    t = schedule.sample_timesteps(jax.random.fold_in(k, 1), (f,), b.t_min, b.t_max)
+    e = jax.random.normal(jax.random.fold_in(k, 2), z.shape, z.dtype)
+    zt = schedule.add_noise(dp.schedule, z, e, t)
+    text = jnp.broadcast_to(dp.text, (f,) + dp.text.shape[1:])
+    added = None if dp.added is None else {n: jnp.broadcast_to(v, (f,) + v.shape[1:])
+                                           for n, v in dp.added.items()}
+    eps = unet.apply(dp.unet, zt, t, text, None, added)
+    return -jnp.mean((eps - e) ** 2)  # AdvDM maximizes the denoising loss
+
+
 def photo_distances(delta, x01, arrays, clean, params, *, groups, cfg: ObjectiveConfig):
     """encoder name -> (F,) distance of each protected view (no jitter) to its clean embedding."""
     embs = photo_embeddings(x01 + delta, arrays, groups, params, None, cfg, Jitter())
     return {name: identity.embedding_distance(embs[name], clean[name],
                                               encoder_registry.get(name).distance)
-            for name, _ in cfg.encoders}
+            for name, _ in cfg.encoders if name in embs}

@@ -55,6 +55,7 @@ def engine_config(config) -> engine.EngineConfig:
             objective="decoy" if o.decoy_photo else "away",
             cap=None if not o.cap else float(o.cap),
             quantize=bool(o.quantize),
+            baseline=_baseline_config(config),
             jitter=objective.Jitter(float(j.shift_px), float(j.rotation), float(j.scale)),
             eot=eot.EoTConfig(p_identity=float(e.p_identity) if e is not None else 0.0,
                               jpeg_quality=rng("jpeg_quality"), resize_scale=rng("resize_scale"),
@@ -62,6 +63,21 @@ def engine_config(config) -> engine.EngineConfig:
         per_device=int(config.batch.per_device),
         loop=a.loop,
         deflection=_deflection_config(config))
+
+
+def _baseline_config(config):
+    d = config.get("diffusion", None)
+    if d is None or not d.get("baseline", ""):
+        return None
+    if d.baseline not in ("advdm", "photoguard"):
+        raise UsageError(f"--config.diffusion.baseline must be advdm or photoguard, got {d.baseline!r}")
+    return objective.BaselineTerm(kind=d.baseline, weight=float(d.baseline_weight),
+                                  view=d.baseline_view, t_min=int(d.t_min), t_max=int(d.t_max))
+
+
+def _diffusion_wanted(config) -> bool:
+    d = config.get("diffusion", None)
+    return d is not None and (bool(d.get("enabled", False)) or bool(d.get("baseline", "")))
 
 
 def _deflection_config(config):
@@ -100,8 +116,12 @@ class Models:
         faces = faces or analyze.FaceModels.load()
         params = {}
         checkpoints = config.objective.get("checkpoints", {}) or {}
-        for name, _ in config.objective.encoders:
+        deflect = bool(config.get("diffusion", {}).get("enabled", False))
+        for name, weight in config.objective.encoders:
             encoder_registry.get(name)  # an unknown name fails here, clearly
+            if float(weight) == 0.0 and not (deflect and name == "clip_vit") \
+                    and not checkpoints.get(name):
+                continue  # kept only for its view (e.g. a baseline's crop): no weights needed
             if name == "dlib_resnet" and not checkpoints.get(name):
                 params[name] = faces.resnet
                 continue
@@ -110,8 +130,7 @@ class Models:
                 raise UsageError(f"encoder {name} needs its weights: set "
                                  f"--config.objective.checkpoints.{name}=PATH")
             params[name] = encoder_registry.load_params(name, path)
-        d = config.get("diffusion", None)
-        if d is not None and d.get("enabled", False):
+        if _diffusion_wanted(config):
             params["_diffusion"] = _load_diffusion(config, params)
         return cls(faces, params)
 
@@ -124,19 +143,25 @@ def _load_diffusion(config, params):
     from idguardian_jax.losses import deflection
 
     d = config.diffusion
-    if "clip_vit" not in params:
+    if d.enabled and "clip_vit" not in params:
         raise UsageError("the deflection term reads faces through IP-Adapter's CLIP image "
                          "encoder: add ('clip_vit', weight) to --config.objective.encoders")
-    if not d.model_dir or not d.ip_adapter:
-        raise UsageError("set --config.diffusion.model_dir=DIFFUSERS_FOLDER and "
-                         "--config.diffusion.ip_adapter=IP_ADAPTER.safetensors")
+    if not d.model_dir or (d.enabled and not d.ip_adapter):
+        raise UsageError("set --config.diffusion.model_dir=DIFFUSERS_FOLDER"
+                         + (" and --config.diffusion.ip_adapter=IP_ADAPTER.safetensors"
+                            if d.enabled else ""))
+    view = d.get("baseline_view", "clip_vit")
+    if d.get("baseline", "") and view not in [n for n, _ in config.objective.encoders]:
+        raise UsageError(f"the baseline reads each face through the {view} view: add "
+                         f"('{view}', 0.0) to --config.objective.encoders")
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[d.dtype]
-    pipe, proj = loaders.load_pipeline(d.model_dir, dtype=dtype, ip_adapter=d.ip_adapter)
+    pipe, proj = loaders.load_pipeline(d.model_dir, dtype=dtype,
+                                       ip_adapter=d.ip_adapter if d.enabled else None)
     size = encoder_registry.get("clip_vit").chip_size
     pe = text.encode_prompt(d.model_dir, d.prompt)
     added = pe.added_cond(size, size) if pipe.kind == "sdxl" else None
     return deflection.DiffusionParams(
-        unet=pipe.unet, vae=pipe.vae, proj=proj, clip=params["clip_vit"], schedule=pipe.schedule,
+        unet=pipe.unet, vae=pipe.vae, proj=proj, clip=params.get("clip_vit"), schedule=pipe.schedule,
         text=jnp.asarray(pe.batch(1)),
         added=None if added is None else {k: jnp.asarray(v) for k, v in added.items()})
 
@@ -231,23 +256,60 @@ class Protector:
                 for n in self.encoder_names}
 
     def embeddings(self, rgb: np.ndarray, chip_plans: dict[str, list]) -> dict[str, np.ndarray]:
-        """encoder name -> (F, E) embeddings of the exact (uint8) chips."""
+        """encoder name -> (F, E) embeddings of the exact (uint8) chips (encoders with weights)."""
         out = {}
         for name, plans in chip_plans.items():
+            if name not in self.models.params:
+                continue
             enc = encoder_registry.get(name)
             chips = np.stack([align.extract_chip(rgb, p, analyze.rounding_for(enc)) for p in plans])
             out[name] = np.asarray(enc.apply(self.models.params[name], chips.astype(np.float32) / 255))
         return out
 
     def _diffusion_conditioning(self, rgb, chip_plans, plan) -> dict[str, np.ndarray]:
-        """Clean latents (F, 4, h, w) and IP tokens (F, N, D) of each face's CLIP view, in the
-        clip_vit slot order (computed once per photo, as the reference does)."""
+        """Per face, computed once per photo: for the deflection, the clean latents (F, 4, h, w)
+        and IP tokens (F, N, D) of the CLIP view; for the PhotoGuard baseline, the latent of a
+        flat gray target (F, 4, h, w) of the baseline's view."""
+        from idguardian_jax.diffusion import vae
         from idguardian_jax.losses import deflection
 
-        plans = [chip_plans["clip_vit"][int(i)] for i in plan.arrays["clip_vit"]["face"]]
-        chips = np.stack([align.extract_chip(rgb, p, "round") for p in plans]).astype(np.float32) / 255
-        z0, tokens = deflection.clean_conditioning(self.models.params["_diffusion"], chips)
-        return {"z0": np.asarray(z0), "tokens": np.asarray(tokens)}
+        dp = self.models.params["_diffusion"]
+        out = {}
+        if self.cfg.deflection is not None:
+            plans = [chip_plans["clip_vit"][int(i)] for i in plan.arrays["clip_vit"]["face"]]
+            chips = np.stack([align.extract_chip(rgb, p, "round") for p in plans]).astype(np.float32) / 255
+            z0, tokens = deflection.clean_conditioning(dp, chips)
+            out.update(z0=np.asarray(z0), tokens=np.asarray(tokens))
+        b = self.cfg.objective.baseline
+        if b is not None and b.kind == "photoguard":
+            gs = plan.groups[b.view]
+            f, size = sum(g.count for g in gs), gs[0].rows
+            gray = np.full((f, size, size, 3), float(self.config.diffusion.photoguard_target), np.float32)
+            out["z_target"] = np.asarray(vae.encode(dp.vae, gray))
+        return out
+
+    def _dummy_conditioning(self, groups: dict) -> dict[str, np.ndarray]:
+        """Zeros shaped like _diffusion_conditioning's output for a signature (computed
+        abstractly with jax.eval_shape)."""
+        from idguardian_jax.diffusion import vae
+        from idguardian_jax.losses import deflection
+
+        dp = self.models.params["_diffusion"]
+
+        def chips(name):
+            gs = groups[name]
+            return jax.ShapeDtypeStruct((sum(g.count for g in gs), gs[0].rows, gs[0].cols, 3),
+                                        np.float32)
+
+        out = {}
+        if self.cfg.deflection is not None:
+            z0, tokens = jax.eval_shape(deflection.clean_conditioning, dp, chips("clip_vit"))
+            out.update(z0=np.zeros(z0.shape, np.float32), tokens=np.zeros(tokens.shape, np.float32))
+        b = self.cfg.objective.baseline
+        if b is not None and b.kind == "photoguard":
+            z = jax.eval_shape(vae.encode, dp.vae, chips(b.view))
+            out["z_target"] = np.zeros(z.shape, np.float32)
+        return out
 
     def _decoy_embeddings(self, path: str) -> dict[str, np.ndarray]:
         photo = images.read_photo(path)
@@ -307,8 +369,9 @@ class Protector:
         arrays = {n: {k: v for k, v in a.items() if k != "face"} for n, a in p.plan.arrays.items()}
         decoy = {}
         if self.decoy is not None:
-            decoy = {n: np.repeat(self.decoy[n], len(p.clean[n]), axis=0) for n in p.plan.groups}
-        clean = {n: p.clean[n] for n in p.plan.groups}
+            decoy = {n: np.repeat(self.decoy[n], len(p.clean[n]), axis=0)
+                     for n in p.plan.groups if n in p.clean}
+        clean = {n: p.clean[n] for n in p.plan.groups if n in p.clean}
         if "_diffusion" in p.clean:
             clean["_diffusion"] = p.clean["_diffusion"]
         return (x, p.plan.support, np.float32(self.l2_radius(p.rgb.shape)), arrays, clean,
@@ -319,6 +382,8 @@ class Protector:
         if not hasattr(self, "_embed_dims"):
             dims = {}
             for name in self.encoder_names:
+                if name not in self.models.params:
+                    continue
                 enc = encoder_registry.get(name)
                 shape = jax.ShapeDtypeStruct((1, enc.chip_size, enc.chip_size, 3), np.float32)
                 dims[name] = jax.eval_shape(enc.apply, self.models.params[name], shape).shape[-1]
@@ -334,18 +399,12 @@ class Protector:
             affine = np.tile(np.array([[1, 0, 0], [0, 1, 0]], np.float32), (f, 1, 1))
             arrays[name] = {"start": np.zeros((f, 2), np.int32), "affine": affine,
                             "level_shape": level, "chip_per_px": np.ones((f,), np.float32)}
-            clean[name] = np.zeros((f, self.embed_dims()[name]), np.float32)
+            if name in self.models.params:
+                clean[name] = np.zeros((f, self.embed_dims()[name]), np.float32)
         arrays["_photo"] = {"offset": np.zeros((2,), np.int32)}
         decoy = {n: c.copy() for n, c in clean.items()} if self.decoy is not None else {}
         if "_diffusion" in self.models.params:
-            from idguardian_jax.losses import deflection
-
-            f = sum(g.count for g in groups["clip_vit"])
-            size = groups["clip_vit"][0].rows
-            shapes = jax.eval_shape(deflection.clean_conditioning, self.models.params["_diffusion"],
-                                    jax.ShapeDtypeStruct((f, size, size, 3), np.float32))
-            clean["_diffusion"] = {"z0": np.zeros(shapes[0].shape, np.float32),
-                                   "tokens": np.zeros(shapes[1].shape, np.float32)}
+            clean["_diffusion"] = self._dummy_conditioning(groups)
         return (np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32), np.float32(1e15),
                 arrays, clean, decoy, np.zeros((2,), np.uint32))
 
@@ -405,6 +464,8 @@ class Protector:
             else:
                 r.protected = True  # the face is no longer detected at all
             for name in self.encoder_names:
+                if name not in self.models.params:
+                    continue
                 enc = encoder_registry.get(name)
                 slot = {int(fi): s for s, fi in enumerate(p.plan.arrays[name]["face"])}[i]
                 entry = {"threshold": enc.threshold, "after": None, "in_loop": None}

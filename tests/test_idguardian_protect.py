@@ -56,3 +56,38 @@ def test_deflection_needs_its_files(checkpoints):
     cfg.diffusion.ip_adapter = ""
     with pytest.raises(protect.UsageError, match="diffusion.ip_adapter"):
         protect.Protector(cfg)
+
+
+@pytest.mark.parametrize("name", ["baseline_advdm", "baseline_photoguard"])
+def test_baselines_run_and_move_their_objective(checkpoints, faces_dir, name):
+    import importlib
+
+    import jax.numpy as jnp
+
+    from idguardian_jax.diffusion import vae
+
+    root, paths, fn = checkpoints
+    cfg = importlib.import_module(f"configs.{name}").get_config()
+    cfg.attack.steps = 3
+    cfg.diffusion.model_dir = root
+    img = np.asarray(Image.open(os.path.join(faces_dir, "n000050_A_0003_01.png")).convert("RGB"))
+    img = np.asarray(Image.fromarray(img).resize((256, 256), Image.LANCZOS))
+    pr = protect.Protector(cfg)
+    assert "clip_vit" not in pr.models.params  # a view only: no CLIP weights needed
+    r, = protect.protect(img, protector=pr)
+    assert r.status == "protected" and 0 < r.max_change <= 8
+    assert r.losses[-1] < r.losses[0]  # the baseline's own loss goes down
+
+
+@pytest.mark.parametrize("name", sorted(
+    f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs"))
+    if f.endswith(".py") and f != "__init__.py"))
+def test_every_config_builds_its_loop(name):
+    import importlib
+
+    cfg = importlib.import_module(f"configs.{name}").get_config()
+    ec = protect.engine_config(cfg)
+    assert 0 < ec.pgd.eps <= 8 / 255 + 1e-9
+    b = cfg.diffusion.get("baseline", "")
+    assert (ec.objective.baseline is not None) == bool(b)
+    assert (ec.deflection is not None) == bool(cfg.diffusion.enabled)
