@@ -1,6 +1,6 @@
 r"""Protection speed: seconds per 512x512 one-face photo at default settings, compile separately.
 
-  python benchmarks/bench_protect.py [--photo=PATH] [--steps=N]
+  python benchmarks/bench_protect.py [--photo=PATH] [--steps=N] [--config=robust]
 Default photo: ../shared/faces/n000050_A_0003_01.png (512x512, one face), else skimage's astronaut.
 Reports: face finding (detection + landmarks + clean embedding), compile of the step program,
 per PGD step, whole protection (warm), and the step cost relative to the descriptor's own
@@ -25,8 +25,10 @@ def main():
     ap.add_argument("--photo", default=os.path.join(here, "..", "..", "shared", "faces",
                                                     "n000050_A_0003_01.png"))
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--config", default="default", help="a module of configs/ (e.g. robust)")
     args = ap.parse_args()
-    from configs import default
+    import importlib
+
     from encoders import dlib_resnet
     from idguardian_jax import images, protect, samples
 
@@ -36,7 +38,7 @@ def main():
         from PIL import Image
 
         rgb = np.asarray(Image.fromarray(rgb).resize((512, 512), Image.LANCZOS))
-    cfg = default.get_config()
+    cfg = importlib.import_module(f"configs.{args.config}").get_config()
     if args.steps:
         cfg.attack.steps = args.steps
     pr = protect.Protector(cfg)
@@ -62,7 +64,7 @@ def main():
     per_step = t_warm / steps
     print(f"machine: {machine()}, date: {time.strftime('%Y-%m-%d')}, photo: "
           f"{os.path.basename(path)} 512x512, {len(prep.faces)} face, {steps} steps, "
-          f"loop={pr.cfg.resolved_loop()}\n")
+          f"loop={pr.cfg.resolved_loop()}, configs/{args.config}.py\n")
     print("| measurement | seconds |\n|---|---|")
     print(f"| find faces + clean embedding (detector, landmarks, chip, descriptor) | {t_find:.2f} |")
     print(f"| compile (first call minus warm call) | {compile_s:.2f} |")

@@ -59,9 +59,9 @@ flags.DEFINE_integer("thumb_size", 320, "Longest side of the report's thumbnails
                      lower_bound=0)
 flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS, "Refuse larger photos.")
 flags.DEFINE_bool("progress", True, "One line per photo on stderr.")
-flags.DEFINE_integer("workers", 1, "Photos evaluated at once (threads); 2 can help on an idle "
-                     "2-core machine, since the detector's convolutions run on about one core.",
-                     lower_bound=1)
+# 2 by default: on a 2-core CPU, 100 one-face 512 px photos take 95.6 s with 2 threads and 140.2 s
+# with 1 (benchmarks/bench_evaluate.py, BENCHMARKS.md): the detector's convolutions use ~1 core.
+flags.DEFINE_integer("workers", 2, "Photos evaluated at once (threads).", lower_bound=1)
 
 
 def _usage(msg: str):
