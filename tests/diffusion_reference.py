@@ -411,6 +411,63 @@ def torch_algorithm1_direction(root, paths, fn_model, pe, x_adv, x, t, noise, S,
     return total.permute(0, 2, 3, 1).numpy(), s_up.permute(0, 2, 3, 1).numpy()
 
 
+def torch_algorithm1_direction_on_device(models, fn_model, pe, x_adv, x, t, noise, S):
+    """torch_algorithm1_direction's step with built models (clip, unet, vae, scheduler) on the
+    device and in the dtype of the UNet's parameters (e.g. CUDA, bfloat16: the step benchmark's
+    real-size random models), also for SD-1.5-style UNets (pe.added_cond None). Inputs as there
+    (numpy float32, NHWC); returns (total, s_up) as float32 numpy (norms taken in float32). On
+    CPU in float32 it computes what torch_algorithm1_direction computes."""
+    torch = _torch()
+    import torch.nn.functional as F
+
+    clip, unet, vae, sched = models
+    w = next(unet.parameters())
+    dev, dt = w.device, w.dtype
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073], device=dev, dtype=dt).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711], device=dev, dtype=dt).view(1, 3, 1, 1)
+    size = clip.config.image_size
+
+    def clip_in(img):
+        img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
+        return (img - mean) / std
+
+    def fn_in(img):
+        return F.interpolate(img, size=(160, 160), mode="bilinear", align_corners=False) * 2 - 1
+
+    def dev_t(a):
+        return torch.from_numpy(np.array(a, np.float32)).to(device=dev, dtype=dt)
+
+    xa = dev_t(x_adv).permute(0, 3, 1, 2).detach().requires_grad_(True)
+    xc = dev_t(x).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        e_clip = clip(pixel_values=clip_in(xc)).image_embeds
+        e_fn = fn_model(fn_in(xc))
+    l_id = (F.cosine_similarity(clip(pixel_values=clip_in(xa)).image_embeds, e_clip).sum()
+            + F.cosine_similarity(fn_model(fn_in(xa)), e_fn).sum())
+    g = torch.autograd.grad(l_id, xa)[0]
+    with torch.no_grad():
+        z = vae.encode(xc * 2 - 1).latent_dist.mode() * vae.config.scaling_factor
+        tt = torch.from_numpy(np.asarray(t)).long()
+        zt = sched.add_noise(z, dev_t(noise), tt.to(dev))
+        h_adv = clip(pixel_values=clip_in(xa.detach()), output_hidden_states=True).hidden_states[-2]
+        h_cln = clip(pixel_values=clip_in(xc), output_hidden_states=True).hidden_states[-2]
+        ac = pe.added_cond(S, S)
+        added = {} if ac is None else {k: dev_t(v) for k, v in ac.items()}
+        txt = dev_t(pe.batch(1))
+
+        def eps(h):
+            return unet(zt, tt.to(dev), encoder_hidden_states=txt,
+                        added_cond_kwargs=dict(added, image_embeds=[h[:, None]])).sample
+
+        ac_t = sched.alphas_cumprod.cpu()[tt]  # add_noise may have moved the table to dev
+        sig = torch.sqrt(1 - ac_t).view(-1, 1, 1, 1).to(device=dev, dtype=dt)
+        s = -(eps(h_adv) - eps(h_cln)) / sig
+        s_up = F.interpolate(s[:, :3], size=(S, S), mode="bilinear", align_corners=False).float()
+    g = g.float()
+    total = g / (g.norm() + 1e-8) - s_up / (s_up.norm() + 1e-8)
+    return (total.permute(0, 2, 3, 1).cpu().numpy(), s_up.permute(0, 2, 3, 1).cpu().numpy())
+
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
