@@ -169,7 +169,8 @@ def _baseline_term(x255, arrays, groups, params, clean, key, cfg: ObjectiveConfi
     text = jnp.broadcast_to(dp.text, (f,) + dp.text.shape[1:])
     added = None if dp.added is None else {n: jnp.broadcast_to(v, (f,) + v.shape[1:])
                                            for n, v in dp.added.items()}
-    eps = unet.apply(dp.unet, zt, t, text, None, added)
+    # the gradient goes through the UNet: recompute its blocks in the backward pass (remat)
+    eps = unet.apply(dp.unet, zt, t, text, None, added, options=unet.options_for(dp.unet, remat=True))
     return -jnp.mean((eps - e) ** 2)  # AdvDM maximizes the denoising loss
 
 

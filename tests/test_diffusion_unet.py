@@ -278,3 +278,25 @@ def test_text_conditioning_cached(pipelines, monkeypatch):
     assert rm.max_abs(again.embeds, first["sdxl-tiny"].embeds) == 0
     assert rm.max_abs(again.pooled, first["sdxl-tiny"].pooled) == 0
 
+
+
+def test_half_precision_weights_compute_in_half(pipelines):
+    """bf16 weights: options_for computes in bf16 (no per-call cast up to float32) and stays
+    close to the float32 prediction."""
+    folder, paths = pipelines["sdxl-tiny"]
+    params, proj = loaders.load_ip_adapter(paths["plus"], loaders.load_unet(folder))
+    assert unet_lib.options_for(params).dtype == jnp.float32
+    half = params.astype(jnp.bfloat16)
+    opts = unet_lib.options_for(half, remat=True)
+    assert opts.dtype == jnp.bfloat16 and opts.remat
+    sample, t, text, added = _inputs(params.config, "sdxl-tiny", 8, seed=3)
+    feats = np.random.default_rng(2).standard_normal((2, 17, proj.config.embedding_dim))
+    tokens = _project(proj, jnp.asarray(feats, jnp.float32))
+    ref = np.asarray(unet_lib.apply(params, sample, t, text, tokens, added))
+    hlo = jax.jit(lambda p: unet_lib.apply(p, sample, t, text, tokens, added, options=opts)
+                  ).lower(half).as_text()
+    assert "bf16" in hlo and "convolution" in hlo
+    out = np.asarray(jax.jit(lambda p: unet_lib.apply(p, sample, t, text, tokens, added,
+                                                      options=opts))(half))
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))
+    assert rm.max_abs(out, ref) <= 0.1 * max(float(np.abs(ref).max()), 1.0)

@@ -272,6 +272,16 @@ class Options:
     attention: str = "xla"            # "xla" | "cudnn" (GPU, fp16/bf16) | "chunked"
 
 
+
+def options_for(params: "UNetParams", **kw) -> Options:
+    """Options computing in the dtype the weights are stored in: bf16 / fp16 weights give bf16 /
+    fp16 convolutions and matmuls (with the default float32 compute, every half-precision weight
+    would be cast up at each call: float32 speed and more memory than float32 weights)."""
+    leaves = [x for x in jax.tree_util.tree_leaves(params.variables)
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    return Options(dtype=leaves[0].dtype if leaves else jnp.float32, **kw)
+
+
 # ==========================================================================================
 # Blocks
 # ==========================================================================================

@@ -93,7 +93,8 @@ def score_direction(p: DiffusionParams, chips_adv: jax.Array, z_clean: jax.Array
             noise = jax.random.normal(jax.random.fold_in(k, 2), z_clean.shape, z_clean.dtype)
         zt = schedule.add_noise(p.schedule, z_clean, noise, t)
         eps = unet.apply(p.unet, jnp.concatenate([zt, zt]), jnp.concatenate([t, t]), text,
-                         jnp.concatenate([tokens_adv, tokens_clean]), added, ip_scale=cfg.ip_scale)
+                         jnp.concatenate([tokens_adv, tokens_clean]), added, ip_scale=cfg.ip_scale,
+                         options=unet.options_for(p.unet))
         eps_adv, eps_clean = eps[:f], eps[f:]
         sig = schedule.sigma(p.schedule, t).reshape((f,) + (1,) * (eps.ndim - 1))
         return -(eps_adv - eps_clean) / sig
