@@ -266,35 +266,16 @@ def _torch_name(path: tuple[str, ...], idx) -> str:
 def _assemble(files: list[str], expected, where: str, what: str, dtype,
               rename: Callable[[str], str | None] = lambda k: k) -> dict[str, Any]:
     asm = _Assembler(expected, where, what, dtype)
-    unexpected = []
-    for key, file, get in iter_safetensors(files):
-        name = rename(key)
-        if name is None:
-            continue
-        t = asm.target(name)
-        if t is None:
-            unexpected.append((key, file))
-            continue
-        path, stack, _ = t
+    for key, file, get, (path, stack, _) in _routed(asm, iter_safetensors(files), rename, what):
         asm.put(path, stack, get(), key, file)
-    _raise_unexpected(unexpected, what)
     return asm.finish()
 
 
-def _raise_unexpected(unexpected, what):
-    if unexpected:
-        key, file = unexpected[0]
-        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise CheckpointError(f"{file}: not {what}: unexpected tensor {key!r}{more}")
-
-
-def check_layout(shapes: Mapping[str, Sequence[int]], expected, where: str, what: str,
-                 rename: Callable[[str], str | None] = lambda k: k) -> None:
-    """Checks torch names / shapes (e.g. a safetensors header, a meta-device state dict)
-    against an expected Flax tree, reading no tensor data: every key used, every leaf filled."""
-    asm = _Assembler(expected, where, what, np.float32)
+def _routed(asm: "_Assembler", items, rename: Callable[[str], str | None], what: str):
+    """(key, where, payload, target) for each (key, where, payload) whose renamed key the
+    expected tree has; keys renamed to None are skipped; any other key raises at the end."""
     unexpected = []
-    for key, shape in shapes.items():
+    for key, where, payload in items:
         name = rename(key)
         if name is None:
             continue
@@ -302,8 +283,21 @@ def check_layout(shapes: Mapping[str, Sequence[int]], expected, where: str, what
         if t is None:
             unexpected.append((key, where))
             continue
-        asm.plan(t[0], t[1], shape, key, where)
-    _raise_unexpected(unexpected, what)
+        yield key, where, payload, t
+    if unexpected:
+        key, where = unexpected[0]
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise CheckpointError(f"{where}: not {what}: unexpected tensor {key!r}{more}")
+
+
+def check_layout(shapes: Mapping[str, Sequence[int]], expected, where: str, what: str,
+                 rename: Callable[[str], str | None] = lambda k: k) -> None:
+    """Checks torch names / shapes (e.g. a safetensors header, a meta-device state dict)
+    against an expected Flax tree, reading no tensor data: every key used, every leaf filled."""
+    asm = _Assembler(expected, where, what, np.float32)
+    items = ((key, where, shape) for key, shape in shapes.items())
+    for key, _, shape, (path, stack, _) in _routed(asm, items, rename, what):
+        asm.plan(path, stack, shape, key, where)
     asm.check_complete()
 
 
