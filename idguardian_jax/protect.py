@@ -246,6 +246,11 @@ class Protector:
     def encoder_names(self) -> list[str]:
         return [name for name, _ in self.cfg.objective.encoders]
 
+    @property
+    def embedding_names(self) -> list[str]:
+        """Encoders that embed (have weights); the others are views only (a baseline's crop)."""
+        return [name for name in self.encoder_names if name in self.models.params]
+
     def find_faces(self, rgb: np.ndarray) -> list[analyze.Face]:
         return analyze.find_faces(rgb, self.models.faces, self.config.detect.upsample,
                                   with68=analyze.needs_68(self.encoder_names))
@@ -259,7 +264,7 @@ class Protector:
         """encoder name -> (F, E) embeddings of the exact (uint8) chips (encoders with weights)."""
         out = {}
         for name, plans in chip_plans.items():
-            if name not in self.models.params:
+            if name not in self.embedding_names:
                 continue
             enc = encoder_registry.get(name)
             chips = np.stack([align.extract_chip(rgb, p, analyze.rounding_for(enc)) for p in plans])
@@ -381,9 +386,7 @@ class Protector:
         """encoder name -> embedding size of the loaded weights."""
         if not hasattr(self, "_embed_dims"):
             dims = {}
-            for name in self.encoder_names:
-                if name not in self.models.params:
-                    continue
+            for name in self.embedding_names:
                 enc = encoder_registry.get(name)
                 shape = jax.ShapeDtypeStruct((1, enc.chip_size, enc.chip_size, 3), np.float32)
                 dims[name] = jax.eval_shape(enc.apply, self.models.params[name], shape).shape[-1]
@@ -463,9 +466,7 @@ class Protector:
                 r.protected = r.distance_after >= dlib_thr
             else:
                 r.protected = True  # the face is no longer detected at all
-            for name in self.encoder_names:
-                if name not in self.models.params:
-                    continue
+            for name in self.embedding_names:
                 enc = encoder_registry.get(name)
                 slot = {int(fi): s for s, fi in enumerate(p.plan.arrays[name]["face"])}[i]
                 entry = {"threshold": enc.threshold, "after": None, "in_loop": None}
