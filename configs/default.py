@@ -25,6 +25,7 @@ def get_config():
     c.attack.schedule = "constant"    # 'constant', 'cosine', 'linear'
     c.attack.final_fraction = 0.1     # for decaying schedules
     c.attack.random_start = False
+    c.attack.momentum = 0.0           # MI-FGSM momentum decay (sign steps); 0 = off
     c.attack.loop = "auto"            # 'scan' (one jit), 'host' (jitted step), 'auto'
 
     c.objective = ml_collections.ConfigDict()
@@ -37,6 +38,19 @@ def get_config():
     c.objective.jitter.shift_px = 2.0     # landmarks move ~1 px (up to 6-7) when found again
     c.objective.jitter.rotation = 0.03    # radians
     c.objective.jitter.scale = 0.03       # relative
+
+    # Transfer techniques (idguardian_jax/attack/transfer.py), for encoders the perturbation is
+    # not computed on: input diversity (probability per view and step, largest zoom-out), TI
+    # gradient smoothing (kernel side at a 112 px chip; 0 = off), per-encoder balance ('loss':
+    # summed losses; 'gradient': each encoder's gradient at unit norm), feature-map dropout of
+    # the surrogates that support it (model augmentation).
+    c.objective.transfer = ml_collections.ConfigDict()
+    c.objective.transfer.diversity_prob = 0.0
+    c.objective.transfer.diversity_scale = 0.15
+    c.objective.transfer.ti_kernel = 0
+    c.objective.transfer.balance = "loss"
+    c.objective.transfer.feature_weight = 0.0
+    c.objective.transfer.dropout = 0.0
 
     # Expectation over transformation (configs/robust.py turns it on): per step, one random
     # differentiable post-processing, strength uniform in the (low, high) range; () = off.

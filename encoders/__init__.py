@@ -35,6 +35,9 @@ class Encoder:
     embed_dim: int
     to_tree: Callable[[Any], Any] = lambda params: (params, {})
     from_tree: Callable[[Any, Any], Any] = lambda tree, meta: tree
+    # apply_augmented(params, chips, key, rate) -> embeddings of a randomly thinned network
+    # (feature-map dropout; model augmentation for transfer), or None where not supported.
+    apply_augmented: Callable[..., Any] | None = None
 
 
 _REGISTRY: dict[str, Encoder] = {}

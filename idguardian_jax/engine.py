@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from idguardian_jax import objective, parallel
-from idguardian_jax.attack import pgd
+from idguardian_jax.attack import pgd, transfer
 from idguardian_jax.losses import deflection
 
 
@@ -55,14 +55,46 @@ def _loss_fn(params, x, arrays, clean, decoy, groups, cfg: EngineConfig):
     return loss
 
 
+def _identity_direction(params, x, arrays, clean, decoy, groups, cfg: EngineConfig):
+    """(delta, key) -> (loss, direction to descend) of the identity terms (and baseline).
+
+    balance 'loss': the gradient of the summed loss. balance 'gradient': each encoder's (and the
+    baseline's) gradient normalized to unit L2 norm over the region, then weighted and summed, so
+    that no surrogate dominates the step (idguardian_jax.attack.transfer)."""
+    ocfg = cfg.objective
+    names = [(n, w) for n, w in ocfg.encoders if n in params and w != 0.0]
+    if ocfg.transfer.balance != "gradient" or len(names) + (ocfg.baseline is not None) < 2:
+        return jax.value_and_grad(_loss_fn(params, x, arrays, clean, decoy, groups, cfg))
+
+    def direction(delta, key):
+        loss, g = 0.0, jnp.zeros_like(delta)
+        for name, weight in names:
+            f = functools.partial(objective.encoder_loss, name, x01=x, arrays=arrays, clean=clean,
+                                  decoy=decoy, params=params, key=key, groups=groups, cfg=ocfg)
+            l, gi = jax.value_and_grad(f)(delta)
+            loss, g = loss + weight * l, g + weight * transfer.unit(gi)
+        if ocfg.baseline is not None:
+            f = functools.partial(objective.baseline_loss, x01=x, arrays=arrays, clean=clean,
+                                  params=params, key=key, groups=groups, cfg=ocfg)
+            l, gi = jax.value_and_grad(f)(delta)
+            loss, g = loss + l, g + transfer.unit(gi)
+        return loss, g
+
+    return direction
+
+
 def _direction_fn(params, x, arrays, clean, decoy, groups, cfg: EngineConfig):
-    """None (plain loss gradient), or IDGuardian's combined direction: the identity gradient and
+    """None (plain loss gradient), or a direction function: the balanced ensemble's
+    (_identity_direction), and/or IDGuardian's combined direction: the identity gradient and
     the deflection direction, each normalized over the photo (Algorithm 1). The deflection is
     computed on each face's CLIP view (the image IP-Adapter reads) and pulled back to the photo
     through the view's vector-Jacobian product."""
+    balanced = cfg.objective.transfer.balance == "gradient"
     if cfg.deflection is None:
-        return None
-    loss_fn = _loss_fn(params, x, arrays, clean, decoy, groups, cfg)
+        if not balanced:
+            return None
+        return _identity_direction(params, x, arrays, clean, decoy, groups, cfg)
+    identity_dir = _identity_direction(params, x, arrays, clean, decoy, groups, cfg)
     dp = params["_diffusion"]
     name = "clip_vit"
 
@@ -72,7 +104,7 @@ def _direction_fn(params, x, arrays, clean, decoy, groups, cfg: EngineConfig):
                                      "round")
 
     def direction(delta, key):
-        loss, g_id = jax.value_and_grad(loss_fn)(delta, key)
+        loss, g_id = identity_dir(delta, key)
         chips, pull = jax.vjp(views, x + delta)
         s_chip = deflection.score_direction(dp, chips, clean["_diffusion"]["z0"],
                                             clean["_diffusion"]["tokens"],

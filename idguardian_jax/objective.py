@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 import encoders as encoder_registry
 from idguardian_jax.attack import eot as eot_lib
+from idguardian_jax.attack import transfer as transfer_lib
 from idguardian_jax.faces import warp
 from idguardian_jax.losses import identity
 from idguardian_jax.views import ViewGroup
@@ -68,16 +69,21 @@ class ObjectiveConfig:
     jitter: Jitter = Jitter()
     eot: eot_lib.EoTConfig = eot_lib.EoTConfig()
     baseline: BaselineTerm | None = None
+    transfer: transfer_lib.TransferConfig = transfer_lib.TransferConfig()
 
 
 def photo_views(x255: jax.Array, arrays: dict, groups: tuple[ViewGroup, ...], key: jax.Array | None,
-                jitter: Jitter, rounding: str = "floor") -> jax.Array:
+                jitter: Jitter, rounding: str = "floor",
+                transfer: transfer_lib.TransferConfig | None = None) -> jax.Array:
     """Every face chip of one encoder, (F, rows, cols, 3) float32 in [0, 1].
 
     x255: (H, W, 3) region, 0..255 values; arrays/groups: from PhotoPlan for that encoder.
-    With a key and an active jitter, each chip is re-aligned at random.
+    With a key and an active jitter, each chip is re-aligned at random; with a key and a
+    `transfer` config, input diversity and translation-invariant gradients apply (see
+    idguardian_jax.attack.transfer).
     """
     chips, at = [], 0
+    diverse = key is not None and transfer is not None and transfer.diversity_prob > 0
     for gi, g in enumerate(groups):
         sl = slice(at, at + g.count)
         at += g.count
@@ -90,10 +96,17 @@ def photo_views(x255: jax.Array, arrays: dict, groups: tuple[ViewGroup, ...], ke
                                           jitter.rotation, jitter.scale)
 
             affine = jax.vmap(jit_one)(affine, keys, arrays["chip_per_px"][sl])
+        if diverse:
+            keys = jax.random.split(jax.random.fold_in(key, 0xD1 + 0x100 * gi), g.count)
+            affine = jax.vmap(lambda a, k: transfer_lib.diversity_affine(
+                a, k, g.rows, g.cols, transfer.diversity_prob, transfer.diversity_scale))(affine, keys)
         sample = functools.partial(warp.sample_view, window=g.window, n_down=g.n_down,
                                    rows=g.rows, cols=g.cols, rounding=rounding)
-        chips.append(jax.vmap(sample, in_axes=(None, 0, 0, 0))(
-            x255, arrays["start"][sl], affine, arrays["level_shape"][sl]))
+        c = jax.vmap(sample, in_axes=(None, 0, 0, 0))(
+            x255, arrays["start"][sl], affine, arrays["level_shape"][sl])
+        if key is not None and transfer is not None and transfer.ti_kernel > 1:
+            c = transfer_lib.smooth_cotangent(c, transfer_lib.ti_side(transfer.ti_kernel, g.rows))
+        chips.append(c)
     return jnp.concatenate(chips, axis=0) / 255.0
 
 
@@ -108,25 +121,35 @@ def region_255(x01, arrays, key, cfg: ObjectiveConfig, eot: eot_lib.EoTConfig | 
 
 
 def photo_embeddings(x01, arrays, groups, params, key, cfg: ObjectiveConfig, jitter: Jitter,
-                     eot: eot_lib.EoTConfig | None = None, x255=None):
-    """encoder name -> (F, E) embeddings of every face's view.
+                     eot: eot_lib.EoTConfig | None = None, x255=None, only: str | None = None):
+    """encoder name -> (F, E) embeddings of every face's view (or of encoder `only`).
 
     The region is rounded to 8 bits as it will be written (cfg.quantize), then, with a key and an
     active `eot`, post-processed by one random transform (JPEG, resize, blur, noise) before the
-    views are cut: the chip each encoder sees is that of the processed photo.
+    views are cut: the chip each encoder sees is that of the processed photo. With a key, the
+    transfer techniques of cfg.transfer apply to the views and (dropout) to the encoders.
     """
     if x255 is None:
         x255 = region_255(x01, arrays, key, cfg, eot)
     out = {}
     for name, _ in cfg.encoders:
-        if name not in params:  # a weight-0 encoder kept only for its view
-            continue
+        if name not in params or (only is not None and name != only):
+            continue  # a weight-0 encoder kept only for its view
         enc = encoder_registry.get(name)
-        chips = photo_views(x255, arrays[name], groups[name],
-                            None if key is None else jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF),
-                            jitter, "floor" if enc.view == "dlib" else "round")
-        out[name] = enc.apply(params[name], chips)
+        k = None if key is None else jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+        chips = photo_views(x255, arrays[name], groups[name], k, jitter,
+                            "floor" if enc.view == "dlib" else "round",
+                            cfg.transfer if key is not None else None)
+        out[name] = _apply(enc, params[name], chips, k, cfg.transfer)
     return out
+
+
+def _apply(enc, params, chips, key, transfer: transfer_lib.TransferConfig):
+    """The encoder on its chips; in the loop (key given), a randomly thinned surrogate where the
+    encoder supports feature dropout (model augmentation)."""
+    if key is not None and transfer.dropout > 0 and enc.apply_augmented is not None:
+        return enc.apply_augmented(params, chips, jax.random.fold_in(key, 0xD0), transfer.dropout)
+    return enc.apply(params, chips)
 
 
 def photo_loss(delta, x01, arrays, clean, decoy, params, key, *, groups, cfg: ObjectiveConfig):
@@ -147,6 +170,25 @@ def photo_loss(delta, x01, arrays, clean, decoy, params, key, *, groups, cfg: Ob
         total = total + weight * jnp.sum(terms)
         count = max(count, terms.shape[0])
     return total / max(count, 1)
+
+
+def encoder_loss(name: str, delta, x01, arrays, clean, decoy, params, key, *, groups,
+                 cfg: ObjectiveConfig):
+    """One encoder's identity term (weighted mean over faces), the same random draw (EoT, jitter,
+    diversity) as photo_loss with the same key: for balancing encoders' gradients."""
+    x255 = region_255(x01 + delta, arrays, key, cfg, cfg.eot)
+    emb = photo_embeddings(None, arrays, groups, params, key, cfg, cfg.jitter, x255=x255,
+                           only=name)[name]
+    enc = encoder_registry.get(name)
+    d = None if cfg.objective == "away" else decoy[name]
+    terms = identity.identity_confusion(emb, clean[name], enc.distance, d, cfg.cap)
+    return jnp.mean(terms)
+
+
+def baseline_loss(delta, x01, arrays, clean, params, key, *, groups, cfg: ObjectiveConfig):
+    """The baseline term alone (weighted), for balancing it against the identity terms."""
+    x255 = region_255(x01 + delta, arrays, key, cfg, cfg.eot)
+    return cfg.baseline.weight * _baseline_term(x255, arrays, groups, params, clean, key, cfg)
 
 
 def _baseline_term(x255, arrays, groups, params, clean, key, cfg: ObjectiveConfig):

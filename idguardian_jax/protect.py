@@ -27,7 +27,7 @@ import numpy as np
 
 import encoders as encoder_registry
 from idguardian_jax import engine, images, objective, parallel, views
-from idguardian_jax.attack import eot, pgd
+from idguardian_jax.attack import eot, pgd, transfer
 from idguardian_jax.faces import align, analyze
 from idguardian_jax.losses import identity
 
@@ -49,7 +49,8 @@ def engine_config(config) -> engine.EngineConfig:
     return engine.EngineConfig(
         pgd=pgd.PGDConfig(eps=float(config.budget), steps=int(a.steps), step_size=float(a.step_size),
                           optimizer=a.optimizer, schedule=a.schedule,
-                          final_fraction=float(a.final_fraction), random_start=bool(a.random_start)),
+                          final_fraction=float(a.final_fraction), random_start=bool(a.random_start),
+                          momentum=float(a.get("momentum", 0.0))),
         objective=objective.ObjectiveConfig(
             encoders=tuple((str(n), float(w)) for n, w in o.encoders),
             objective="decoy" if o.decoy_photo else "away",
@@ -57,12 +58,23 @@ def engine_config(config) -> engine.EngineConfig:
             quantize=bool(o.quantize),
             baseline=_baseline_config(config),
             jitter=objective.Jitter(float(j.shift_px), float(j.rotation), float(j.scale)),
+            transfer=_transfer_config(o),
             eot=eot.EoTConfig(p_identity=float(e.p_identity) if e is not None else 0.0,
                               jpeg_quality=rng("jpeg_quality"), resize_scale=rng("resize_scale"),
                               blur_sigma=rng("blur_sigma"), noise_std=rng("noise_std"))),
         per_device=int(config.batch.per_device),
         loop=a.loop,
         deflection=_deflection_config(config))
+
+
+def _transfer_config(o) -> transfer.TransferConfig:
+    t = o.get("transfer", None)
+    if t is None:
+        return transfer.TransferConfig()
+    return transfer.TransferConfig(
+        diversity_prob=float(t.diversity_prob), diversity_scale=float(t.diversity_scale),
+        ti_kernel=int(t.ti_kernel), balance=str(t.balance),
+        feature_weight=float(t.get("feature_weight", 0.0)), dropout=float(t.get("dropout", 0.0)))
 
 
 def _baseline_config(config):

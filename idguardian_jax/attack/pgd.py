@@ -41,12 +41,15 @@ class PGDConfig:
     schedule: str = "constant"
     final_fraction: float = 0.1
     random_start: bool = False
+    momentum: float = 0.0  # MI-FGSM decay (sign optimizer only; 0 = off); attack/transfer.py
 
     def __post_init__(self):
         if not 0 < self.eps <= 1:
             raise ValueError(f"eps must be in (0, 1], got {self.eps}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.optimizer not in ("sign", "adam"):
             raise ValueError(f"optimizer must be 'sign' or 'adam', got {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine", "linear"):
@@ -64,6 +67,11 @@ def make_schedule(cfg: PGDConfig) -> optax.Schedule:
 def make_optimizer(cfg: PGDConfig) -> optax.GradientTransformation:
     """An optax transformation whose updates are added to delta (it minimizes the loss)."""
     if cfg.optimizer == "sign":
+        if cfg.momentum > 0:
+            from idguardian_jax.attack import transfer
+
+            return optax.chain(transfer.momentum_transform(cfg.momentum), optax.scale_by_sign(),
+                               optax.scale_by_learning_rate(make_schedule(cfg)))
         return optax.sign_sgd(make_schedule(cfg))
     return optax.adam(make_schedule(cfg))
 

@@ -1,0 +1,232 @@
+r"""Leave-one-encoder-out transfer: protect with every real encoder but one, judge with the one left out.
+
+  python experiments/transfer.py --photos=HELDOUT/ --identities=HELDOUT/ids.json \
+      --variants=default --leave_out=mobileface,faceres,dlib_resnet --out=/tmp/transfer
+
+For each variant (a named set of config overrides, VARIANTS below, or `--set a.b=value` on the
+default config) and each left-out encoder family, every labelled single-person photo is protected
+with the installed encoders minus that family, then judged by the left-out encoder as an attacker
+would: faces found again on the protected photo (dlib's detector and landmarks), the judge's own
+chip cut, cosine similarity (or dlib distance) to the face's clean embedding and to every other
+clean photo of the same person. A face is **not recognized** when every one of those comparisons
+is on the "different person" side of the judge's threshold (or the face is no longer found).
+The same after a Pillow JPEG at quality 75. Writes OUT/transfer.csv and OUT/transfer.md.
+
+Families: faceres and faceres_deep are one family (the same HSE training); leaving out 'faceres'
+removes both from the attack.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+import encoders as encoder_registry
+from configs import default as default_config
+from idguardian_jax import images, protect, views
+from idguardian_jax.faces import align, analyze
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("photos", [], "Folders of photos (each with identities).")
+flags.DEFINE_multi_string("identities", [], "JSON {file: person} per --photos folder (same order).")
+flags.DEFINE_list("variants", ["default"], "Names from VARIANTS.")
+flags.DEFINE_list("leave_out", ["mobileface", "faceres", "dlib_resnet"], "Judge encoders.")
+flags.DEFINE_multi_string("set", [], "Extra overrides a.b=value applied to every variant.")
+flags.DEFINE_string("out", "/tmp/idguardian_transfer", "Output folder for tables.")
+flags.DEFINE_integer("limit", 0, "At most this many photos per folder (0: all).")
+flags.DEFINE_bool("redetect", True, "Find faces again on the protected photo (attacker-faithful).")
+flags.DEFINE_bool("jpeg", True, "Also judge after JPEG quality 75.")
+
+FAMILIES = {"faceres": ("faceres", "faceres_deep"), "faceres_deep": ("faceres", "faceres_deep")}
+
+# Named config overrides (dotted keys on configs/default.py).
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "plain": {"attack.momentum": 0.0, "objective.transfer.diversity_prob": 0.0,
+              "objective.transfer.ti_kernel": 0, "objective.transfer.balance": "loss",
+              "objective.transfer.dropout": 0.0},
+}
+
+
+def _set(cfg, key: str, value):
+    node = cfg
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node[p]
+    old = node[parts[-1]]
+    if isinstance(old, bool):
+        value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+    elif isinstance(old, int) and not isinstance(value, (tuple, list)):
+        value = int(float(value))
+    elif isinstance(old, float):
+        value = float(value)
+    node[parts[-1]] = value
+
+
+def _parse_set(items):
+    out = {}
+    for it in items:
+        k, v = it.split("=", 1)
+        out[k] = v
+    return out
+
+
+def _family(name: str) -> tuple[str, ...]:
+    return FAMILIES.get(name, (name,))
+
+
+def _installed() -> list[str]:
+    from idguardian_jax import installed_models
+
+    return [name for name in installed_models.installed_names()]
+
+
+class Judge:
+    """One encoder used only to judge: clean embeddings per photo, embeddings of any photo's faces
+    (found again, or at the clean faces' landmarks)."""
+
+    def __init__(self, name: str, face_models):
+        self.name = name
+        cfg = default_config.get_config()
+        cfg.objective.encoders = ((name, 1.0),)
+        self.prot = protect.Protector(cfg, protect.Models.load(cfg, face_models))
+        self.enc = encoder_registry.get(name)
+
+    def embed(self, rgb, faces) -> np.ndarray:
+        plans = self.prot.chip_plans(rgb, faces)
+        return self.prot.embeddings(rgb, plans)[self.name]
+
+    def same(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Boolean (len(a), len(b)): recognized as the same person."""
+        if self.enc.distance == "euclidean":
+            d = np.linalg.norm(a[:, None] - b[None], axis=-1)
+        else:
+            an = a / np.linalg.norm(a, axis=-1, keepdims=True)
+            bn = b / np.linalg.norm(b, axis=-1, keepdims=True)
+            d = 1.0 - an @ bn.T
+        return d < self.enc.threshold, d
+
+
+def _jpeg(rgb, quality=75):
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def _load_photos():
+    photos = []
+    for i, folder in enumerate(FLAGS.photos):
+        ids = json.load(open(FLAGS.identities[i])) if i < len(FLAGS.identities) else {}
+        names = sorted(n for n, p in ids.items() if p != "multiple"
+                       and os.path.exists(os.path.join(folder, n)))
+        if FLAGS.limit:
+            names = names[:FLAGS.limit]
+        for n in names:
+            photos.append((os.path.join(folder, n), f"{i}:{ids[n]}"))
+    return photos
+
+
+def _prepare(prot, index, rgb, faces):
+    """Protector.prepare with the faces already found (detection once for every run)."""
+    chip_plans = prot.chip_plans(rgb, faces)
+    plan = views.plan_photo(rgb.shape[:2], chip_plans)
+    clean = prot.embeddings(rgb, chip_plans)
+    clean = {n: e[plan.arrays[n]["face"]] for n, e in clean.items()}
+    return protect._Prepared(index, rgb, faces, plan, clean,
+                             protect.photo_key(rgb, prot.config.seed), chip_plans)
+
+
+def _largest(faces):
+    return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+
+
+def main(argv):
+    del argv
+    os.makedirs(FLAGS.out, exist_ok=True)
+    face_models = analyze.FaceModels.load()
+    installed = ["dlib_resnet"] + _installed()
+    photos = _load_photos()
+    t0 = time.time()
+    rgbs, faces, persons = [], [], []
+    for path, person in photos:
+        rgb = images.read_photo(path).rgb
+        fs = analyze.find_faces(rgb, face_models, 1, with68=True)
+        if not fs:
+            print(f"{path}: no face, skipped")
+            continue
+        rgbs.append(rgb)
+        faces.append([_largest(fs)])
+        persons.append(person)
+    print(f"{len(rgbs)} photos, faces found in {time.time() - t0:.1f} s")
+    judges = {n: Judge(n, face_models) for n in FLAGS.leave_out}
+    clean = {n: np.concatenate([j.embed(r, f) for r, f in zip(rgbs, faces)]) for n, j in judges.items()}
+    persons_a = np.array(persons)
+    extra = _parse_set(FLAGS.set)
+    rows = []
+    for variant in FLAGS.variants:
+        for left in FLAGS.leave_out:
+            cfg = default_config.get_config()
+            for k, v in {**VARIANTS[variant], **extra}.items():
+                _set(cfg, k, v)
+            ens = tuple((n, w) for n, w in cfg.objective.encoders
+                        if n in installed and n not in _family(left))
+            if not ens:
+                continue
+            cfg.objective.encoders = ens
+            prot = protect.Protector(cfg, protect.Models.load(cfg, face_models))
+            t = time.time()
+            prepared = [_prepare(prot, i, r, f) for i, (r, f) in enumerate(zip(rgbs, faces))]
+            outs = prot.run(prepared)
+            protected = [prot.finish(p, outs[p.index], measure=False) for p in prepared]
+            secs = (time.time() - t) / len(prepared)
+            judge = judges[left]
+            for kind in ("png", "jpeg75") if FLAGS.jpeg else ("png",):
+                ok, sims, psnrs = [], [], []
+                for i, res in enumerate(protected):
+                    img = res.protected if kind == "png" else _jpeg(res.protected)
+                    if FLAGS.redetect:
+                        again = analyze.find_faces(img, face_models, 1, with68=True)
+                        ma = protect._match(faces[i][0].box, again)
+                    else:
+                        ma = faces[i][0]
+                    psnrs.append(res.psnr)
+                    if ma is None:
+                        ok.append(True)
+                        sims.append(np.nan)
+                        continue
+                    e = judge.embed(img, [ma])
+                    gallery = clean[left][persons_a == persons[i]]  # includes its own clean face
+                    same, d = judge.same(e, gallery)
+                    ok.append(not bool(same.any()))
+                    own = judge.same(e, clean[left][i:i + 1])[1][0, 0]
+                    sims.append(1.0 - own if judge.enc.distance == "cosine" else own)
+                row = dict(variant=variant, left_out=left, attack="+".join(n for n, _ in ens),
+                           output=kind, faces=len(ok), not_recognized=float(np.mean(ok)),
+                           mean_similarity=float(np.nanmean(sims)), psnr_min=float(np.min(psnrs)),
+                           psnr_mean=float(np.mean(psnrs)), seconds_per_photo=secs,
+                           budget=round(float(cfg.budget) * 255, 2), steps=int(cfg.attack.steps))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    with open(os.path.join(FLAGS.out, "transfer.csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(os.path.join(FLAGS.out, "transfer.md"), "w") as fh:
+        fh.write("| variant | left out (judge) | attack ensemble | output | faces | not recognized | "
+                 "mean similarity (dlib: distance) | PSNR min / mean | s per photo |\n")
+        fh.write("|---|---|---|---|---|---|---|---|---|\n")
+        for r in rows:
+            fh.write(f"| {r['variant']} | {r['left_out']} | {r['attack']} | {r['output']} | "
+                     f"{r['faces']} | {100 * r['not_recognized']:.0f}% | {r['mean_similarity']:.3f} | "
+                     f"{r['psnr_min']:.1f} / {r['psnr_mean']:.1f} | {r['seconds_per_photo']:.1f} |\n")
+    print(open(os.path.join(FLAGS.out, "transfer.md")).read())
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,150 @@
+"""Transfer techniques: make a perturbation computed on surrogate encoders fool encoders it never saw.
+
+Each is a switch of `TransferConfig` (configs: `objective.transfer.*`), pure and jittable:
+
+- **input diversity** (DI, Xie et al. 2019): with probability `diversity_prob` per view and step, the
+  chip is cut from a randomly larger area of the photo (the face shrinks by a factor drawn in
+  [1 / (1 + diversity_scale), 1]) at a random offset inside the freed margin, i.e. DI's random
+  resize-and-pad done by the view's own bilinear sampling (no zero border: the margin is photo).
+- **translation-invariant gradients** (TI, Dong et al. 2019): the gradient reaching each chip is
+  smoothed with a Gaussian kernel before it flows back to the photo (`smooth_cotangent`: identity
+  forward, blurred cotangent backward), in the encoder's own chip pixels, so the kernel follows the
+  face's scale whatever the photo size. `ti_kernel` is the kernel side at a 112 px chip, scaled
+  with the chip size; sigma = (side - 1) / 6 (TI's 3-sigma kernel).
+- **momentum** (MI-FGSM, Dong et al. 2018): g_t = mu g_{t-1} + grad / mean|grad|, sign steps on g_t
+  (`momentum_transform`, an optax transformation placed before the sign; `attack.momentum`, in
+  idguardian_jax.attack.pgd.PGDConfig since it is the optimizer's state).
+- **per-encoder balance**: each encoder's gradient is normalized to unit L2 norm over the region
+  before the weighted sum (`balance='gradient'`), so no encoder dominates the sign of the step;
+  'loss' sums the raw losses (the classic ensemble).
+- **feature-level loss** (`feature_weight`): see idguardian_jax.losses.identity and the encoders
+  that expose intermediate features.
+- **model augmentation** (`dropout`): surrogates whose graphs support it drop feature-map units at
+  random each step (DFANet-style), a new surrogate per step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferConfig:
+    diversity_prob: float = 0.0
+    diversity_scale: float = 0.15
+    ti_kernel: int = 0
+    balance: str = "loss"
+    feature_weight: float = 0.0
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.diversity_prob <= 1.0:
+            raise ValueError(f"diversity_prob must be in [0, 1], got {self.diversity_prob}")
+        if self.diversity_scale < 0:
+            raise ValueError(f"diversity_scale must be >= 0, got {self.diversity_scale}")
+        if self.ti_kernel < 0 or (self.ti_kernel and self.ti_kernel % 2 == 0):
+            raise ValueError(f"ti_kernel must be 0 (off) or an odd size, got {self.ti_kernel}")
+        if self.balance not in ("loss", "gradient"):
+            raise ValueError(f"balance must be 'loss' or 'gradient', got {self.balance!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+# ------------------------------------------------------------------------------------------
+# Input diversity
+# ------------------------------------------------------------------------------------------
+def diversity_affine(affine: jax.Array, key: jax.Array, rows: int, cols: int, prob: float,
+                     scale: float) -> jax.Array:
+    """With probability `prob`, zoom the chip's footprint out by u in [1, 1 + scale] about its
+    centre and shift it by up to the freed margin ((u - 1) / 2 of the chip each way).
+
+    affine: (2, 3) chip (col, row, 1) -> level (x, y). Returns the same shape.
+    """
+    kp, ku, kt = jax.random.split(key, 3)
+    on = jax.random.uniform(kp, ()) < prob
+    u = 1.0 + jax.random.uniform(ku, (), minval=0.0, maxval=scale)
+    u = jnp.where(on, u, 1.0)
+    margin = (u - 1.0) / 2.0 * jnp.array([cols - 1, rows - 1], jnp.float32)
+    t = jax.random.uniform(kt, (2,), minval=-1.0, maxval=1.0) * margin
+    c = jnp.array([(cols - 1) / 2.0, (rows - 1) / 2.0], jnp.float32)
+    # chip point p -> c + u (p - c) + t, then the original affine
+    lin = affine[:, :2] * u
+    off = affine[:, :2] @ (c - u * c + t) + affine[:, 2]
+    return jnp.concatenate([lin, off[:, None]], axis=1)
+
+
+# ------------------------------------------------------------------------------------------
+# Translation-invariant gradients
+# ------------------------------------------------------------------------------------------
+def ti_side(ti_kernel: int, chip_size: int) -> int:
+    """The kernel side for a chip of `chip_size` px (ti_kernel is given at 112 px); odd, >= 1."""
+    if ti_kernel <= 1:
+        return 1
+    side = int(round(ti_kernel * chip_size / 112.0))
+    return side if side % 2 else side + 1
+
+
+def gaussian_kernel(side: int) -> np.ndarray:
+    """(side,) normalized 1-D Gaussian over [-3 sigma, 3 sigma] (TI's kernel, separable)."""
+    x = np.linspace(-3.0, 3.0, side)
+    k = np.exp(-0.5 * x ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+def _blur(g: jax.Array, side: int) -> jax.Array:
+    """Separable Gaussian blur of (N, H, W, C), zero padding ('same' size)."""
+    k = jnp.asarray(gaussian_kernel(side))
+    c = g.shape[-1]
+    dn = ("NHWC", "HWIO", "NHWC")
+    kh = jnp.tile(k.reshape(side, 1, 1, 1), (1, 1, 1, c))
+    kw = jnp.tile(k.reshape(1, side, 1, 1), (1, 1, 1, c))
+    pad = side // 2
+    g = jax.lax.conv_general_dilated(g, kh, (1, 1), ((pad, pad), (0, 0)), dimension_numbers=dn,
+                                     feature_group_count=c)
+    return jax.lax.conv_general_dilated(g, kw, (1, 1), ((0, 0), (pad, pad)), dimension_numbers=dn,
+                                        feature_group_count=c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def smooth_cotangent(chips: jax.Array, side: int) -> jax.Array:
+    """Identity on (N, H, W, C) chips whose backward pass blurs the incoming gradient (TI)."""
+    return chips
+
+
+def _smooth_fwd(chips, side):
+    return chips, None
+
+
+def _smooth_bwd(side, _, g):
+    return (_blur(g, side) if side > 1 else g,)
+
+
+smooth_cotangent.defvjp(_smooth_fwd, _smooth_bwd)
+
+
+# ------------------------------------------------------------------------------------------
+# Momentum and balance
+# ------------------------------------------------------------------------------------------
+def momentum_transform(decay: float) -> optax.GradientTransformation:
+    """MI-FGSM's accumulator: m <- decay m + g / mean|g| (the update is m; sign it afterwards)."""
+
+    def init(params):
+        return optax.TraceState(trace=jnp.zeros_like(params))
+
+    def update(updates, state, params=None):
+        del params
+        g = updates / (jnp.mean(jnp.abs(updates)) + 1e-12)
+        m = decay * state.trace + g
+        return m, optax.TraceState(trace=m)
+
+    return optax.GradientTransformation(init, update)
+
+
+def unit(g: jax.Array) -> jax.Array:
+    """g / ||g||_2 over the whole tensor (0 stays 0)."""
+    return g / (jnp.sqrt(jnp.sum(g * g)) + 1e-12)
