@@ -20,6 +20,8 @@ class Encoder:
     load(path_or_None) -> params pytree (None: the bundled weights, where there are any).
     apply(params, chips) -> (N, embed_dim) for float32 chips (N, chip_size, chip_size, 3) in [0, 1].
     distance: 'euclidean' or 'cosine'; threshold: same person below it.
+    template_margin: for template views, the template is shrunk towards the chip centre by
+      1 + template_margin (a looser crop; 0: InsightFace's template as is).
     to_tree(params) -> (nested dict of arrays, JSON-able meta) and from_tree(tree, meta) -> params:
       how params are stored in the converted Flax format (idguardian-convert).
     """
@@ -35,6 +37,7 @@ class Encoder:
     embed_dim: int
     to_tree: Callable[[Any], Any] = lambda params: (params, {})
     from_tree: Callable[[Any, Any], Any] = lambda tree, meta: tree
+    template_margin: float = 0.0
     # apply_augmented(params, chips, key, rate) -> embeddings of a randomly thinned network
     # (feature-map dropout; model augmentation for transfer), or None where not supported.
     apply_augmented: Callable[..., Any] | None = None
@@ -81,4 +84,4 @@ def names() -> list[str]:
 
 
 def _ensure_builtin() -> None:
-    from encoders import arcface, clip_vit, dlib_resnet, facenet  # noqa: F401  (register themselves)
+    from encoders import arcface, clip_vit, dlib_resnet, facenet, tfjs_face  # noqa: F401  (register themselves)

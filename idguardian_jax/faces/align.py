@@ -48,6 +48,13 @@ def insightface_template(size: int) -> np.ndarray:
     return ARCFACE_TEMPLATE_112 * ratio + np.array([8.0 * ratio, 0.0])
 
 
+def loosen_template(template: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """A template for a looser crop: the points moved towards the chip centre (size/2, size/2)
+    by the factor 1 / (1 + margin), so the chip spans (1 + margin) times the face it would."""
+    c = np.array([size / 2.0, size / 2.0])
+    return c + (np.asarray(template, np.float64) - c) / (1.0 + float(margin))
+
+
 def points5_from_68(points68: np.ndarray) -> np.ndarray:
     """The five points InsightFace aligns on, from dlib's 68-point landmarks (x, y):
     image-left eye centre (mean of 36-41), image-right eye centre (42-47), nose tip (30),

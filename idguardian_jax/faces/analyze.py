@@ -124,7 +124,8 @@ def rounding_for(encoder) -> str:
 
 def chip_plan_for(encoder, face: Face, image_shape) -> align.ChipPlan:
     """The chip `encoder` reads from this face: dlib's chip for 'dlib' views, InsightFace's
-    norm_crop geometry (template scaled to the chip size) for 'arcface' / 'facenet' / 'clip'."""
+    norm_crop geometry (template scaled to the chip size) for 'arcface' / 'facenet' / 'clip',
+    shrunk towards the chip centre by 1 + encoder.template_margin where that is set."""
     if encoder.view == "dlib":
         if (encoder.chip_size, encoder.padding) == (dlib_resnet.CHIP_SIZE, dlib_resnet.CHIP_PADDING):
             return face.plan
@@ -132,8 +133,11 @@ def chip_plan_for(encoder, face: Face, image_shape) -> align.ChipPlan:
         return align.chip_plan(details, image_shape[:2])
     if face.landmarks68 is None:
         raise ValueError(f"encoder {encoder.name} needs 68-point landmarks (find_faces with68=True)")
-    return align.template_chip_plan(align.points5_from_68(face.landmarks68),
-                                    align.insightface_template(encoder.chip_size),
+    template = align.insightface_template(encoder.chip_size)
+    margin = float(getattr(encoder, "template_margin", 0.0))
+    if margin:
+        template = align.loosen_template(template, encoder.chip_size, margin)
+    return align.template_chip_plan(align.points5_from_68(face.landmarks68), template,
                                     encoder.chip_size, image_shape[:2])
 
 

