@@ -73,6 +73,12 @@ def _apply(spec: human_models.ModelSpec, colour: str, params: tfjs.GraphParams,
     return emb
 
 
+def _apply_augmented(spec: human_models.ModelSpec, colour: str, params: tfjs.GraphParams,
+                     chips: jax.Array, key: jax.Array, rate: float) -> jax.Array:
+    """_apply through a randomly thinned network (tfjs.Dropout; model augmentation)."""
+    return tfjs.apply(params, preprocess(chips, colour), spec.output, tfjs.Dropout(key, rate))
+
+
 def _load(spec: human_models.ModelSpec, path: str | None = None) -> tfjs.GraphParams:
     if path is None:
         return human_models.load_installed(spec.name)
@@ -99,6 +105,7 @@ def _register():
             name=spec.name, chip_size=spec.chip_size, view="arcface", padding=0.0,
             load=functools.partial(_load, spec),
             apply=functools.partial(_apply, spec, COLOUR[spec.name]),
+            apply_augmented=functools.partial(_apply_augmented, spec, COLOUR[spec.name]),
             distance="cosine",
             threshold=1.0 - human_models.THRESHOLD_SIMILARITY[spec.name],
             embed_dim=spec.embed_dim, template_margin=MARGIN[spec.name])))

@@ -82,9 +82,9 @@ def _family(name: str) -> tuple[str, ...]:
 
 
 def _installed() -> list[str]:
-    from idguardian_jax import installed_models
+    from idguardian_jax.checkpoints import human_models
 
-    return [name for name in installed_models.installed_names()]
+    return [e.name for e in human_models.installed_encoders()]
 
 
 class Judge:

@@ -35,6 +35,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import zlib
 from typing import Any, Mapping, Sequence
 
 import chex
@@ -500,15 +501,38 @@ def _eval_node(graph: GraphModel, node: Node, get):
     raise UnsupportedOp(f"node {node.name!r}: unsupported op {op!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Dropout:
+    """Feature-map dropout inside the graph (model augmentation, DFANet-style): every
+    convolution but the first reads its input with each unit kept with probability 1 - rate
+    (and scaled by 1 / (1 - rate)); a new thinned network per key."""
+
+    key: jax.Array
+    rate: float
+
+
+_CONV_OPS = ("Conv2D", "DepthwiseConv2dNative", "_FusedConv2D", "_FusedDepthwiseConv2dNative")
+
+
 def evaluate(params: GraphParams, feeds: Mapping[str, jax.Array],
-             outputs: Sequence[str]) -> list[jax.Array]:
-    """The requested outputs for the given Placeholder values (name -> array), in float32."""
+             outputs: Sequence[str], dropout: Dropout | None = None) -> list[jax.Array]:
+    """The requested outputs for the given Placeholder values (name -> array), in float32.
+
+    dropout: thin the network at random (see Dropout); None evaluates it as stored."""
     graph, weights = params.graph, params.weights
     nodes = graph.node_map()
     values: dict[str, Any] = {}
+    first_conv = [True]
 
     def get(name):
         return values[name]
+
+    def get_dropped(name):
+        x = values[name]
+        keep = jax.random.bernoulli(
+            jax.random.fold_in(dropout.key, zlib.crc32(name.encode()) & 0x7FFFFFFF),
+            1.0 - dropout.rate, x.shape)
+        return jnp.where(keep, x / (1.0 - dropout.rate), 0.0)
 
     for name in topological_order(graph, outputs):
         node = nodes[name]
@@ -521,12 +545,20 @@ def evaluate(params: GraphParams, feeds: Mapping[str, jax.Array],
                 values[name] = jnp.asarray(weights[name], jnp.float32)
             else:
                 values[name] = jnp.asarray(graph.int_constant(name))
+        elif dropout is not None and dropout.rate > 0 and node.op in _CONV_OPS:
+            if first_conv[0]:
+                first_conv[0] = False
+                values[name] = _eval_node(graph, node, get)
+            else:
+                values[name] = _eval_node(graph, node, lambda n, _in=node.inputs[0]: (
+                    get_dropped(n) if n == _in else get(n)))
         else:
             values[name] = _eval_node(graph, node, get)
     return [values[o] for o in outputs]
 
 
-def apply(params: GraphParams, x: jax.Array, output_name: str | None = None) -> jax.Array:
+def apply(params: GraphParams, x: jax.Array, output_name: str | None = None,
+          dropout: Dropout | None = None) -> jax.Array:
     """Evaluate a one-input graph at x (float32, the Placeholder's shape) and return the node
     `output_name` (default: the signature's first output); ':0' suffixes are accepted."""
     graph = params.graph
@@ -536,4 +568,4 @@ def apply(params: GraphParams, x: jax.Array, output_name: str | None = None) -> 
     if out is None:
         raise GraphModelError("the graph has no signature outputs; name the output")
     chex.assert_rank(x, 4)
-    return evaluate(params, {graph.inputs[0]: x}, [out])[0]
+    return evaluate(params, {graph.inputs[0]: x}, [out], dropout)[0]
