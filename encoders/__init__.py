@@ -41,6 +41,9 @@ class Encoder:
     # apply_augmented(params, chips, key, rate) -> embeddings of a randomly thinned network
     # (feature-map dropout; model augmentation for transfer), or None where not supported.
     apply_augmented: Callable[..., Any] | None = None
+    # features(params, chips) -> (N, h, w, c) intermediate feature map (a mid-network layer) for
+    # feature-level transfer losses, or None where not exposed.
+    features: Callable[..., Any] | None = None
 
 
 _REGISTRY: dict[str, Encoder] = {}

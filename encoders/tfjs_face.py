@@ -79,6 +79,21 @@ def _apply_augmented(spec: human_models.ModelSpec, colour: str, params: tfjs.Gra
     return tfjs.apply(params, preprocess(chips, colour), spec.output, tfjs.Dropout(key, rate))
 
 
+# Mid-network feature maps for the feature-level loss (attack/transfer.py): the end of
+# MobileFace's second residual stage (28x28x64 at 112 px) and the output of FaceRes' sixth
+# depthwise-separable block (14x14x512 at 224 px), about half-way through each network.
+FEATURE_NODE = {"mobileface": "add_8", "faceres": "conv_pw_6_relu/clip_by_value",
+                "faceres_deep": "conv_pw_6_relu/clip_by_value"}
+
+
+def _features(spec: human_models.ModelSpec, colour: str, params: tfjs.GraphParams,
+              chips: jax.Array) -> jax.Array:
+    """The FEATURE_NODE map of [0, 1] RGB chips, (N, h, w, c)."""
+    graph = params.graph
+    return tfjs.evaluate(params, {graph.inputs[0]: preprocess(chips, colour)},
+                         [FEATURE_NODE[spec.name]])[0]
+
+
 def _load(spec: human_models.ModelSpec, path: str | None = None) -> tfjs.GraphParams:
     if path is None:
         return human_models.load_installed(spec.name)
@@ -106,6 +121,7 @@ def _register():
             load=functools.partial(_load, spec),
             apply=functools.partial(_apply, spec, COLOUR[spec.name]),
             apply_augmented=functools.partial(_apply_augmented, spec, COLOUR[spec.name]),
+            features=functools.partial(_features, spec, COLOUR[spec.name]),
             distance="cosine",
             threshold=1.0 - human_models.THRESHOLD_SIMILARITY[spec.name],
             embed_dim=spec.embed_dim, template_margin=MARGIN[spec.name])))

@@ -167,9 +167,28 @@ def photo_loss(delta, x01, arrays, clean, decoy, params, key, *, groups, cfg: Ob
         enc = encoder_registry.get(name)
         d = None if cfg.objective == "away" else decoy[name]
         terms = identity.identity_confusion(embs[name], clean[name], enc.distance, d, cfg.cap)
+        if key is not None and cfg.transfer.feature_weight > 0 and enc.features is not None:
+            terms = terms + cfg.transfer.feature_weight * _feature_terms(
+                name, x255, x01, arrays, groups, params, key, cfg)
         total = total + weight * jnp.sum(terms)
         count = max(count, terms.shape[0])
     return total / max(count, 1)
+
+
+def _feature_terms(name, x255, x01, arrays, groups, params, key, cfg: ObjectiveConfig):
+    """Feature-level confusion per face (F,): minus the relative squared change of the encoder's
+    mid-network feature map, protected view against the clean view cut with the same random
+    re-alignment (and diversity) draw; the clean side carries no gradient."""
+    enc = encoder_registry.get(name)
+    k = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+    rounding = "floor" if enc.view == "dlib" else "round"
+    adv = photo_views(x255, arrays[name], groups[name], k, cfg.jitter, rounding, cfg.transfer)
+    clean255 = jax.lax.stop_gradient(region_255(x01, arrays, None, cfg, None))
+    ref = photo_views(clean255, arrays[name], groups[name], k, cfg.jitter, rounding, cfg.transfer)
+    fa = enc.features(params[name], adv)
+    fc = jax.lax.stop_gradient(enc.features(params[name], ref))
+    axes = tuple(range(1, fa.ndim))
+    return -jnp.sum((fa - fc) ** 2, axis=axes) / (jnp.sum(fc ** 2, axis=axes) + 1e-6)
 
 
 def encoder_loss(name: str, delta, x01, arrays, clean, decoy, params, key, *, groups,
@@ -182,6 +201,9 @@ def encoder_loss(name: str, delta, x01, arrays, clean, decoy, params, key, *, gr
     enc = encoder_registry.get(name)
     d = None if cfg.objective == "away" else decoy[name]
     terms = identity.identity_confusion(emb, clean[name], enc.distance, d, cfg.cap)
+    if key is not None and cfg.transfer.feature_weight > 0 and enc.features is not None:
+        terms = terms + cfg.transfer.feature_weight * _feature_terms(
+            name, x255, x01, arrays, groups, params, key, cfg)
     return jnp.mean(terms)
 
 
