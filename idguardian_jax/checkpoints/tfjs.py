@@ -458,9 +458,10 @@ def _eval_node(graph: GraphModel, node: Node, get):
     raise UnsupportedOp(f"node {node.name!r}: unsupported op {op!r}")
 
 
-def evaluate(params: GraphParams, feeds: Mapping[str, jax.Array],
-             outputs: Sequence[str]) -> list[jax.Array]:
-    """The requested outputs for the given Placeholder values (name -> array), in float32."""
+def evaluate(params: GraphParams, feeds: Mapping[str, jax.Array], outputs: Sequence[str],
+             dtype=jnp.float32) -> list[jax.Array]:
+    """The requested outputs for the given Placeholder values (name -> array), computed in
+    `dtype` (float32; float64 with jax_enable_x64 only to measure rounding)."""
     graph, weights = params.graph, params.weights
     nodes = graph.node_map()
     values: dict[str, Any] = {}
@@ -473,10 +474,10 @@ def evaluate(params: GraphParams, feeds: Mapping[str, jax.Array],
         if node.op == "Placeholder":
             if name not in feeds:
                 raise GraphModelError(f"no value fed for input {name!r}")
-            values[name] = jnp.asarray(feeds[name], jnp.float32)
+            values[name] = jnp.asarray(feeds[name], dtype)
         elif node.op == "Const":
             if name in weights:
-                values[name] = jnp.asarray(weights[name], jnp.float32)
+                values[name] = jnp.asarray(weights[name], dtype)
             else:
                 values[name] = jnp.asarray(graph.int_constant(name))
         else:
@@ -484,7 +485,8 @@ def evaluate(params: GraphParams, feeds: Mapping[str, jax.Array],
     return [values[o] for o in outputs]
 
 
-def apply(params: GraphParams, x: jax.Array, output_name: str | None = None) -> jax.Array:
+def apply(params: GraphParams, x: jax.Array, output_name: str | None = None,
+          dtype=jnp.float32) -> jax.Array:
     """Evaluate a one-input graph at x (float32, the Placeholder's shape) and return the node
     `output_name` (default: the signature's first output); ':0' suffixes are accepted."""
     graph = params.graph
@@ -494,4 +496,4 @@ def apply(params: GraphParams, x: jax.Array, output_name: str | None = None) -> 
     if out is None:
         raise GraphModelError("the graph has no signature outputs; name the output")
     chex.assert_rank(x, 4)
-    return evaluate(params, {graph.inputs[0]: x}, [out])[0]
+    return evaluate(params, {graph.inputs[0]: x}, [out], dtype)[0]
