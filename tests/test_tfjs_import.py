@@ -282,3 +282,32 @@ def test_not_a_graph_model(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(tfjs.GraphModelError, match="bad.json: not a readable JSON"):
         tfjs.read_graph_model(str(tmp_path / "bad.json"))
+
+
+@pytest.mark.parametrize("padding,explicit", [("SAME", ()), ("VALID", ()),
+                                              ("EXPLICIT", (0, 0, 2, 1, 0, 1, 0, 0))])
+def test_strided_depthwise_and_pointwise_match_numpy(tmp_path, rng, padding, explicit):
+    """Depthwise (multiplier 2, stride 2; computed as shifted products) and 1x1 convolutions
+    (computed as matrix products, stride 2) against direct convolution."""
+    m = ModelWriter()
+    dw = rng.normal(size=(3, 3, 3, 2)).astype(np.float32)
+    pw = rng.normal(size=(1, 1, 6, 4)).astype(np.float32)
+    m.node("x", "Placeholder", [])
+    m.const("dw", dw)
+    m.const("pw", pw)
+    m.node("d", "DepthwiseConv2dNative", ["x", "dw"], _conv_attrs((1, 2, 2, 1), padding, explicit))
+    m.node("p", "Conv2D", ["d", "pw"], _conv_attrs((1, 2, 2, 1), padding, explicit))
+    params = _read(tmp_path, m, ["p"])
+    x = rng.normal(size=(2, 10, 9, 3)).astype(np.float32)
+
+    def pads(h, w, k):
+        if padding == "SAME":
+            return same_pads(h, k, 2), same_pads(w, k, 2)
+        if padding == "VALID":
+            return (0, 0), (0, 0)
+        return (explicit[2], explicit[3]), (explicit[4], explicit[5])
+
+    d = np_conv(x.astype(np.float64), dw.reshape(3, 3, 1, 6), stride=2, pad=pads(10, 9, 3), groups=3)
+    p = np_conv(d, pw, stride=2, pad=pads(*d.shape[1:3], 1))
+    np.testing.assert_allclose(np.asarray(tfjs.apply(params, x, "d")), d, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(tfjs.apply(params, x, "p")), p, rtol=1e-5, atol=1e-5)

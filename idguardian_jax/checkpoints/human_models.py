@@ -334,7 +334,9 @@ def load_folder(folder: str) -> tfjs.GraphParams:
         weights = load(blob)
     except SafetensorError as e:
         raise InstallError(f"{wpath}: not a safetensors file ({e})") from None
-    return tfjs.GraphParams(graph=graph, weights=weights)
+    import jax
+
+    return tfjs.GraphParams(graph=graph, weights=jax.device_put(weights))  # on device once
 
 
 def load_installed(name: str, root: str | None = None) -> tfjs.GraphParams:

@@ -25,6 +25,10 @@ Sigmoid, Tanh, Softmax, BiasAdd, Pad/PadV2, Conv2D, DepthwiseConv2dNative, _Fuse
 _FusedDepthwiseConv2dNative, MatMul, _FusedMatMul (fused BiasAdd then Relu / Relu6 / Prelu /
 LeakyRelu / Sigmoid / Tanh / Elu), Reshape, Mean. Layout NHWC only.
 
+Speed on CPU: DepthwiseConv2dNative is evaluated as kh * kw shifted per-channel products and 1x1
+Conv2D as a matrix product (both much faster than XLA's CPU convolutions here); other
+convolutions use lax.conv_general_dilated.
+
 Gradients follow TF's definitions where JAX's differ: Maximum(a, b) sends the gradient to a where
 a >= b (Minimum: where a <= b), Relu / Relu6 pass none at 0 (JAX's maximum splits ties).
 """
@@ -369,15 +373,63 @@ def _check_nhwc(node: Node):
         raise GraphModelError(f"node {node.name!r} ({node.op}): data_format {fmt!r}; only NHWC")
 
 
+def _explicit_pads(node: Node, in_hw, k_hw, strides, dil) -> list[tuple[int, int]]:
+    """(low, high) padding of H and W as TF computes it (SAME: the extra pixel at the end)."""
+    pad = _padding(node)
+    if pad == "VALID":
+        return [(0, 0), (0, 0)]
+    if pad != "SAME":
+        return pad
+    out = []
+    for size, k, s, d in zip(in_hw, k_hw, strides, dil):
+        n_out = -(-size // s)
+        total = max((n_out - 1) * s + (k - 1) * d + 1 - size, 0)
+        out.append((total // 2, total - total // 2))
+    return out
+
+
+def _depthwise(node: Node, x, w, strides, dil):
+    """Depthwise convolution as a sum of kh * kw shifted, strided, per-channel products.
+
+    Output channel c * mult + m is input channel c filtered by w[..., c, m] (TF's order). XLA's
+    CPU grouped convolution is 15-100x slower than this for MobileNet shapes (measured: 112x112x64,
+    3x3: 48 ms vs 0.7 ms forward, 264 ms vs 1.5 ms forward+backward at stride 2)."""
+    kh, kw, cin, mult = w.shape
+    if mult != 1:
+        x = jnp.repeat(x, mult, axis=-1)
+    w = jnp.reshape(w, (kh, kw, cin * mult))
+    (pt, pb), (pl, pr) = _explicit_pads(node, x.shape[1:3], (kh, kw), strides, dil)
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    oh = (xp.shape[1] - ((kh - 1) * dil[0] + 1)) // strides[0] + 1
+    ow = (xp.shape[2] - ((kw - 1) * dil[1] + 1)) // strides[1] + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dil[0], j * dil[1]
+            patch = jax.lax.slice(xp, (0, r0, c0, 0),
+                                  (xp.shape[0], r0 + strides[0] * (oh - 1) + 1,
+                                   c0 + strides[1] * (ow - 1) + 1, xp.shape[3]),
+                                  (1, strides[0], strides[1], 1))
+            term = patch * w[i, j]
+            out = term if out is None else out + term
+    return out
+
+
 def _conv(node: Node, x, w, depthwise: bool):
     _check_nhwc(node)
     strides = node.attr("strides", (1, 1, 1, 1))
     dil = node.attr("dilations", (1, 1, 1, 1)) or (1, 1, 1, 1)
-    groups = 1
     if depthwise:
-        kh, kw, cin, mult = w.shape
-        w = jnp.reshape(w, (kh, kw, 1, cin * mult))
-        groups = cin
+        return _depthwise(node, x, w, tuple(strides[1:3]), tuple(dil[1:3]))
+    if w.shape[0] == 1 and w.shape[1] == 1:
+        # 1x1 (pointwise): a matrix product, 2-3x faster than XLA's CPU convolution forward +
+        # backward (measured: 56x56x128 -> 128, 7.7 ms vs 2.3 ms)
+        (pt, pb), (pl, pr) = _explicit_pads(node, x.shape[1:3], (1, 1), strides[1:3], dil[1:3])
+        if pt or pb or pl or pr:
+            x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        x = x[:, ::strides[1], ::strides[2], :]
+        return jnp.einsum("nhwc,co->nhwo", x, w[0, 0], precision=jax.lax.Precision.HIGHEST)
+    groups = 1
     return jax.lax.conv_general_dilated(
         x, w, window_strides=tuple(strides[1:3]), padding=_padding(node),
         rhs_dilation=tuple(dil[1:3]), dimension_numbers=("NHWC", "HWIO", "NHWC"),
