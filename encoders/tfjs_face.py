@@ -47,7 +47,6 @@ import os
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from idguardian_jax.checkpoints import human_models, tfjs
 
