@@ -30,6 +30,10 @@ def get_config():
 
     c.objective = ml_collections.ConfigDict()
     c.objective.encoders = (("dlib_resnet", 1.0),)
+    # 'all': add every real encoder installed with `idguardian-models install` (mobileface,
+    # faceres, faceres_deep), each with installed_weight; 'none': only the encoders listed above.
+    c.objective.installed_encoders = "all"
+    c.objective.installed_weight = 1.0
     c.objective.checkpoints = ml_collections.ConfigDict()  # encoder name -> checkpoint path
     c.objective.decoy_photo = ""      # pull toward this photo's face instead of away
     c.objective.cap = 0.0             # 0: no cap on the distance pushed for

@@ -81,6 +81,14 @@ def load_params(name: str, path: str | None = None):
     return enc.load(path) if path is not None else enc.load()
 
 
+def installed() -> list[str]:
+    """Registry names of the real face encoders installed in the cache (`idguardian-models
+    install`); `load_params(name)` (no path) loads each from there. Reads only the cache."""
+    from idguardian_jax.checkpoints import human_models
+
+    return [e.name for e in human_models.installed_encoders()]
+
+
 def names() -> list[str]:
     _ensure_builtin()
     return sorted(_REGISTRY)

@@ -46,11 +46,21 @@ flags.DEFINE_bool("jpeg", True, "Also judge after JPEG quality 75.")
 FAMILIES = {"faceres": ("faceres", "faceres_deep"), "faceres_deep": ("faceres", "faceres_deep")}
 
 # Named config overrides (dotted keys on configs/default.py).
+_BASE = {"budget": 8 / 255, "budget_psnr": 36.0, "attack.steps": 100, "attack.step_size": 1 / 255}
+_PLAIN = {"attack.momentum": 0.0, "objective.transfer.diversity_prob": 0.0,
+          "objective.transfer.ti_kernel": 0, "objective.transfer.balance": "loss",
+          "objective.transfer.dropout": 0.0}
 VARIANTS: dict[str, dict] = {
     "default": {},
-    "plain": {"attack.momentum": 0.0, "objective.transfer.diversity_prob": 0.0,
-              "objective.transfer.ti_kernel": 0, "objective.transfer.balance": "loss",
-              "objective.transfer.dropout": 0.0},
+    "ensemble": {**_BASE, **_PLAIN},
+    "balance": {**_BASE, **_PLAIN, "objective.transfer.balance": "gradient"},
+    "mi_di": {**_BASE, **_PLAIN, "objective.transfer.balance": "gradient", "attack.momentum": 0.9,
+              "objective.transfer.diversity_prob": 0.7},
+    "mi_di_ti": {**_BASE, **_PLAIN, "objective.transfer.balance": "gradient", "attack.momentum": 0.9,
+                 "objective.transfer.diversity_prob": 0.7, "objective.transfer.ti_kernel": 5},
+    "mi_di_ti_drop": {**_BASE, **_PLAIN, "objective.transfer.balance": "gradient",
+                      "attack.momentum": 0.9, "objective.transfer.diversity_prob": 0.7,
+                      "objective.transfer.ti_kernel": 5, "objective.transfer.dropout": 0.03},
 }
 
 
@@ -95,6 +105,7 @@ class Judge:
         self.name = name
         cfg = default_config.get_config()
         cfg.objective.encoders = ((name, 1.0),)
+        cfg.objective.installed_encoders = "none"
         self.prot = protect.Protector(cfg, protect.Models.load(cfg, face_models))
         self.enc = encoder_registry.get(name)
 
@@ -174,11 +185,12 @@ def main(argv):
             cfg = default_config.get_config()
             for k, v in {**VARIANTS[variant], **extra}.items():
                 _set(cfg, k, v)
-            ens = tuple((n, w) for n, w in cfg.objective.encoders
+            ens = tuple((n, w) for n, w in protect.encoders_of(cfg)
                         if n in installed and n not in _family(left))
             if not ens:
                 continue
             cfg.objective.encoders = ens
+            cfg.objective.installed_encoders = "none"
             prot = protect.Protector(cfg, protect.Models.load(cfg, face_models))
             t = time.time()
             prepared = [_prepare(prot, i, r, f) for i, (r, f) in enumerate(zip(rgbs, faces))]

