@@ -3,8 +3,8 @@ r"""Protection speed: seconds per 512x512 one-face photo at default settings, co
   python benchmarks/bench_protect.py [--photo=PATH] [--steps=N] [--config=robust]
 Default photo: ../shared/faces/n000050_A_0003_01.png (512x512, one face), else skimage's astronaut.
 Reports: face finding (detection + landmarks + clean embedding), compile of the step program,
-per PGD step, whole protection (warm), and the step cost relative to the descriptor's own
-forward+backward on one chip.
+per PGD step, whole protection (warm), and the step cost relative to the sum of the ensemble's
+encoders' forward+backward on one chip each.
 """
 import argparse
 import os
@@ -29,7 +29,6 @@ def main():
     args = ap.parse_args()
     import importlib
 
-    from encoders import dlib_resnet
     from idguardian_jax import images, protect, samples
 
     path = args.photo if os.path.exists(args.photo) else samples.resolve("sample:astronaut")
@@ -57,23 +56,33 @@ def main():
     t = time.perf_counter()
     pr.measure(prep, res[0].protected)
     t_measure = time.perf_counter() - t
-    params = dlib_resnet.load()
-    x = jnp.asarray(np.random.default_rng(0).uniform(size=(1, 150, 150, 3)).astype(np.float32))
-    fb = jax.jit(jax.grad(lambda x: jnp.sum(dlib_resnet.apply(params, x) ** 2)))
-    t_fb = timeit(lambda: fb(x))
+    import encoders as encoder_registry
+
+    fbs = {}
+    for name in pr.embedding_names:
+        enc = encoder_registry.get(name)
+        params = pr.models.params[name]
+        x = jnp.asarray(np.random.default_rng(0).uniform(
+            size=(1, enc.chip_size, enc.chip_size, 3)).astype(np.float32))
+        fb = jax.jit(jax.grad(lambda x, enc=enc, params=params: jnp.sum(enc.apply(params, x) ** 2)))
+        fbs[name] = timeit(lambda: fb(x))
+    t_fb = sum(fbs.values())
     per_step = t_warm / steps
     print(f"machine: {machine()}, date: {time.strftime('%Y-%m-%d')}, photo: "
           f"{os.path.basename(path)} 512x512, {len(prep.faces)} face, {steps} steps, "
-          f"loop={pr.cfg.resolved_loop()}, configs/{args.config}.py\n")
+          f"loop={pr.cfg.resolved_loop()}, configs/{args.config}.py, encoders: "
+          f"{', '.join(pr.embedding_names)}\n")
     print("| measurement | seconds |\n|---|---|")
     print(f"| find faces + clean embedding (detector, landmarks, chip, descriptor) | {t_find:.2f} |")
     print(f"| compile (first call minus warm call) | {compile_s:.2f} |")
     print(f"| PGD, warm, whole photo ({steps} steps) | {t_warm:.2f} |")
     print(f"| per PGD step | {per_step:.4f} |")
-    print(f"| measure after (find faces again, descriptor) | {t_measure:.2f} |")
+    print(f"| measure after (find faces again, every encoder) | {t_measure:.2f} |")
     print(f"| total per photo, warm (find + PGD + measure) | {t_find + t_warm + t_measure:.2f} |")
-    print(f"| descriptor forward+backward, one chip | {t_fb:.4f} |")
-    print(f"| step / descriptor forward+backward | {per_step / t_fb:.2f}x |")
+    for name, v in fbs.items():
+        print(f"| {name} forward+backward, one chip | {v:.4f} |")
+    print(f"| sum of the encoders' forward+backward | {t_fb:.4f} |")
+    print(f"| step / that sum | {per_step / t_fb:.2f}x |")
 
 
 if __name__ == "__main__":
