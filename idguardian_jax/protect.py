@@ -241,6 +241,39 @@ class PhotoResult:
         return d
 
 
+def describe_face(face: dict) -> list[str]:
+    """Lines a newcomer reads right, one per encoder of a face record (FaceReport as a dict):
+    the similarity (cosine encoders) or distance (dlib) of the protected face, found again on
+    the written photo, to the clean face, against the encoder's same-person threshold."""
+    lines = []
+    for name, e in face.get("encoders", {}).items():
+        enc = encoder_registry.get(name)
+        after, thr = e.get("after"), float(e["threshold"])
+        if after is None:
+            lines.append(f"{name}: face no longer detected: not recognized")
+            continue
+        if enc.distance == "cosine":
+            sim, same = 1.0 - after, 1.0 - thr
+            verdict = "recognized" if after < thr else "not recognized"
+            lines.append(f"{name}: similarity to the clean face 1.00 -> {sim:.2f} (same person at "
+                         f">= {same:.2f}): {verdict}")
+        else:
+            verdict = "recognized" if after < thr else "not recognized"
+            lines.append(f"{name}: distance to the clean face 0.00 -> {after:.2f} (same person "
+                         f"below {thr:.2f}): {verdict}")
+    return lines
+
+
+def dlib_alone_note(config) -> str | None:
+    """The one-line note protect prints when dlib is the only encoder (no real encoder of
+    another family installed or configured), else None."""
+    if [n for n, w in encoders_of(config) if w] == ["dlib_resnet"]:
+        return ("note: only dlib's face recognizer is in the objective, so the protection is "
+                "computed and measured against dlib alone; `idguardian-models install` adds "
+                "real encoders of other families (mobileface, faceres) to the default")
+    return None
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
