@@ -75,9 +75,9 @@ def test_absolute_and_relative_file_inputs_map_alike(tmp_path, monkeypatch):
     d = tmp_path / "d"
     _blank(d / "sub" / "a.jpg")
     monkeypatch.chdir(d)
-    rel = common.list_inputs(["sub/a.jpg"])
-    ab = common.list_inputs([str(d / "sub" / "a.jpg")])
-    dot = common.list_inputs(["./sub/../sub/a.jpg"])
+    rel = common.list_inputs(["sub/a.jpg"], files_by_name=True)
+    ab = common.list_inputs([str(d / "sub" / "a.jpg")], files_by_name=True)
+    dot = common.list_inputs(["./sub/../sub/a.jpg"], files_by_name=True)
     assert rel[0][1] == ab[0][1] == dot[0][1] == "a.jpg"
     out = str(tmp_path / "out")
     targets = {protect.plan_outputs(x, out, "png")[0][2] for x in (rel, ab, dot)}
@@ -90,7 +90,7 @@ def test_output_in_the_input_files_folder_is_refused(tmp_path, protector):
     _blank(d / "a.jpg")
     (d / "a.png").write_bytes(b"unrelated")
     with pytest.raises(protect.UsageError, match="contains the input"):
-        _run(common.list_inputs([str(d / "a.jpg")]), d, protector)
+        _run(common.list_inputs([str(d / "a.jpg")], files_by_name=True), d, protector)
     assert (d / "a.png").read_bytes() == b"unrelated"
 
 

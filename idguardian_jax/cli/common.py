@@ -144,11 +144,12 @@ UNSUPPORTED_PHOTO_EXTENSIONS = (".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2
                                 ".arw", ".raf", ".orf", ".rw2")
 
 
-def list_inputs(paths: Iterable[str], problems: list[str] | None = None) -> list[tuple[str, str]]:
+def list_inputs(paths: Iterable[str], problems: list[str] | None = None,
+                files_by_name: bool = False) -> list[tuple[str, str]]:
     """Expand files and folders into (path to open, path to report).
 
-    A file is reported by its name (so `a.jpg`, `./a.jpg` and `/abs/a.jpg` map to the same
-    output); `sample:NAME` by the sample file's name; a folder is walked recursively (sorted,
+    A file is reported as given, or with files_by_name by its name (protect: so that `a.jpg`,
+    `./a.jpg` and `/abs/a.jpg` map to the same output); `sample:NAME` by the sample file's name; a folder is walked recursively (sorted,
     hidden entries skipped), keeping files with an image extension, each reported relative to
     that folder. A missing path is kept, so that reading it reports the error.
 
@@ -195,5 +196,5 @@ def list_inputs(paths: Iterable[str], problems: list[str] | None = None) -> list
                     full = os.path.join(root, name)
                     out.append((full, os.path.relpath(full, p)))
         else:
-            out.append((p, os.path.basename(os.path.normpath(p)) or p))
+            out.append((p, (os.path.basename(os.path.normpath(p)) or p) if files_by_name else p))
     return out

@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
                      f"(--num_processes={n}), got {i}")
     guard = []
     problems: list[str] = []
-    inputs = common.list_inputs(paths, problems)
+    inputs = common.list_inputs(paths, problems, files_by_name=True)
     if FLAGS.input_list:
         try:
             inputs += jobs.read_input_list(FLAGS.input_list)
