@@ -20,12 +20,18 @@ One job protects a list of photo files into an output folder. The same code runs
   A restarted job skips photos with a record and an intact output, and adopts an output written
   just before a crash (matching provenance) without recomputing it; outputs are written by
   atomic rename to a fixed path, so nothing is lost or duplicated. The job's settings are kept in
-  OUTPUT/idguardian_job.json; a rerun with other settings is refused unless allowed.
+  OUTPUT/idguardian_job.json; a rerun with other settings is refused unless allowed, and a job
+  file that cannot be read is refused (never overwritten). A record line cut by a crash is ended
+  before the next is appended.
+- **Ownership**: outputs are claimed in OUTPUT/idguardian_outputs*.jsonl before they are first
+  written; a file there that no record names is never replaced (see JobDir). One job per folder
+  (OUTPUT/idguardian.lock, flock).
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import glob
 import hashlib
 import json
@@ -162,7 +168,13 @@ class JobDir:
                                  f"({e.strerror or e})") from None
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    # a file system without locks (some FUSE mounts): go on, and say so
+                    sys.stderr.write(f"warning: {path}: cannot lock ({e.strerror or e}); make "
+                                     f"sure no other job writes into {self.output_dir}\n")
+                    self._lock_fds.append(fd)
+                    continue
                 os.close(fd)
                 self.close()
                 raise UsageError(f"{self.output_dir}: another idguardian-protect job is writing "
