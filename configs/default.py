@@ -105,6 +105,7 @@ def get_config():
     c.output.format = "png"           # 'png'; 'jpeg'/'webp' weaken the protection
     c.output.quality = 95             # for lossy formats
     c.output.strip_metadata = False
+    c.output.keep_location = False    # EXIF GPS / XMP place names are dropped unless true
     c.output.on_no_face = "report"    # 'report' (write nothing) or 'copy' (write unchanged)
     c.output.max_pixels = 100_000_000
     return c

@@ -7,6 +7,7 @@ faithful protected copy: the alpha channel, the ICC profile, EXIF and other meta
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import warnings
 from typing import Any
@@ -87,6 +88,16 @@ def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
     """
     path = os.fspath(path)
     if not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ImageReadError(f"{path}: a symbolic link loop (too many levels of "
+                                     f"symbolic links)") from None
+            if e.errno in (errno.EACCES, errno.EPERM):
+                raise ImageReadError(f"{path}: permission denied") from None
+        if os.path.islink(path):
+            raise ImageReadError(f"{path}: a broken symbolic link (to {os.readlink(path)})")
         raise ImageReadError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ImageReadError(f"{path}: is a folder, not an image file")
@@ -206,18 +217,65 @@ class ImageWriteError(OSError):
     """An output that cannot be written; str(e) is one line naming the file."""
 
 
+# Temporary files of atomic writes: this name pattern is the tool's own; stale ones (a write cut
+# short by a crash) are removed only in the folders a job writes (jobs.JobDir).
+TMP_PREFIX = ".idguardian-tmp-"
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import (os.umask can only be read by setting it, which is not thread-safe).
+UMASK = _read_umask()
+
+
+def apply_umask(path: str) -> None:
+    """Give a file made by mkstemp (mode 0600) the mode an ordinary open() would: 0666 & ~umask."""
+    os.chmod(path, 0o666 & ~UMASK)
+
+
+# EXIF tags that say where a photo was taken: the GPS IFD pointer (its whole sub-directory of
+# latitude, longitude, altitude, time, direction...). Dropped from outputs by default
+# (--config.output.keep_location=true keeps them); orientation and colour profile stay.
+LOCATION_EXIF_TAGS = (0x8825,)  # GPSInfo
+_XMP_LOCATION = ("exif:GPS", "photoshop:City", "photoshop:State", "photoshop:Country",
+                 "Iptc4xmpCore:Location", "Iptc4xmpExt:LocationShown", "Iptc4xmpExt:LocationCreated")
+
+
+def drop_location(exif: bytes | None) -> bytes | None:
+    """EXIF bytes without the GPS IFD (None when nothing is left or none was given)."""
+    if not exif:
+        return exif
+    e = Image.Exif()
+    e.load(exif)
+    for tag in LOCATION_EXIF_TAGS:
+        if tag in e:
+            del e[tag]
+    return e.tobytes() if len(e) else None
+
+
+def has_location_text(value: str) -> bool:
+    """Whether a text chunk (e.g. an XMP packet) names a place or GPS position."""
+    return any(k in value for k in _XMP_LOCATION)
+
+
 def output_extension(fmt: str) -> str:
     return OUTPUT_FORMATS[fmt][1]
 
 
 def write_photo(path: str | os.PathLike, rgb: np.ndarray, source: Photo | None = None,
                 fmt: str = "png", strip_metadata: bool = False, quality: int = 95,
-                extra_text: dict[str, str] | None = None) -> str:
+                extra_text: dict[str, str] | None = None, keep_location: bool = False) -> str:
     """Write an RGB uint8 photo atomically (temporary file in the same folder, then rename).
 
     With a source Photo, its alpha channel is always carried over, and unless strip_metadata its
-    ICC profile (not a CMYK one: the pixels are now RGB), EXIF and PNG text chunks too.
-    extra_text: PNG text chunks to add (PNG only). Returns the path written.
+    ICC profile (not a CMYK one: the pixels are now RGB), EXIF and PNG text chunks too; without
+    keep_location, the EXIF GPS data and text chunks naming a place (XMP) are dropped.
+    extra_text: PNG text chunks to add (PNG only). The file gets mode 0666 & ~umask.
+    Returns the path written.
     """
     import tempfile
 
@@ -236,15 +294,17 @@ def write_photo(path: str | os.PathLike, rgb: np.ndarray, source: Photo | None =
     if source is not None and not strip_metadata:
         if source.icc_profile and source.source_mode != "CMYK":
             kwargs["icc_profile"] = source.icc_profile
-        if source.exif:
-            kwargs["exif"] = source.exif
+        exif = source.exif if keep_location else drop_location(source.exif)
+        if exif:
+            kwargs["exif"] = exif
         if "dpi" in source.info:
             kwargs["dpi"] = source.info["dpi"]
     if pil_format == "PNG":
         text = PngImagePlugin.PngInfo()
         if source is not None and not strip_metadata:
             for k, v in source.info.items():
-                if isinstance(k, str) and isinstance(v, str):
+                if isinstance(k, str) and isinstance(v, str) and (
+                        keep_location or not has_location_text(v)):
                     text.add_text(k, v)
         for k, v in (extra_text or {}).items():
             text.add_text(k, v)
@@ -257,7 +317,7 @@ def write_photo(path: str | os.PathLike, rgb: np.ndarray, source: Photo | None =
     folder = os.path.dirname(os.path.abspath(path)) or "."
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1])
     except OSError as e:
         raise ImageWriteError(f"{path}: cannot write there ({e.strerror or e})") from None
     try:
@@ -265,6 +325,7 @@ def write_photo(path: str | os.PathLike, rgb: np.ndarray, source: Photo | None =
             im.save(fh, format=pil_format, **kwargs)
             fh.flush()
             os.fsync(fh.fileno())
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):

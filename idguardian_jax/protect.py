@@ -125,8 +125,9 @@ def settings_hash(config) -> str:
                 for k in ("seed", "budget", "budget_psnr", "attack", "objective", "detect",
                           "diffusion") if k in config}
     relevant["encoders_used"] = encoders_of(config)
-    relevant["output_format"] = config.output.format
-    relevant["strip_metadata"] = config.output.strip_metadata
+    # every output setting: what is written (format, quality, metadata, location, no-face copy)
+    # and which photos are read at all (max_pixels)
+    relevant["output"] = config.output.to_dict()
     relevant["version"] = VERSION
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -630,32 +631,61 @@ def _inside(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
 
 
+def check_output_folder(output_dir: str, input_folders: Sequence[str] = (),
+                        input_files: Sequence[str] = ()) -> None:
+    """UsageError when the output folder equals, contains or sits inside an input folder (or the
+    folder of an --input_list), or contains an input file: a rerun would read outputs as inputs,
+    and outputs could land on the user's files."""
+    for folder in input_folders:
+        if _inside(output_dir, folder):
+            how = ("is" if os.path.realpath(output_dir) == os.path.realpath(folder)
+                   else "is inside")
+            raise UsageError(f"{output_dir}: the output folder {how} the input folder "
+                             f"{folder}; choose a folder outside it")
+        if _inside(folder, output_dir):
+            raise UsageError(f"{output_dir}: the output folder contains the input folder "
+                             f"{folder}; choose a folder outside it")
+    out_real = os.path.realpath(output_dir).rstrip(os.sep) + os.sep
+    for path in input_files:
+        if (os.path.realpath(path) + os.sep).startswith(out_real):
+            raise UsageError(f"{output_dir}: the output folder contains the input {path}; "
+                             f"choose a folder outside the inputs")
+
+
+def output_name(rel: str) -> str:
+    """The report path of an input as a clean relative path (no '..', no leading '/')."""
+    rel = os.path.normpath(rel if not os.path.isabs(rel) else os.path.basename(rel))
+    parts = [p for p in rel.split(os.sep) if p not in ("", ".", "..")]
+    return os.path.join(*parts) if parts else "photo"
+
+
 def plan_outputs(inputs: Sequence[tuple[str, str]], output_dir: str, fmt: str,
-                 input_roots: Sequence[str] = ()) -> list[tuple[str, str, str | None, str | None]]:
+                 input_roots: Sequence[str] = (),
+                 guard_folders: Sequence[str] = ()) -> list[tuple[str, str, str | None, str | None]]:
     """(open path, report path) -> (open, report, output path or None, error or None).
 
-    The output mirrors the input tree under output_dir with the format's extension. Refuses an
-    output folder inside an input folder, and an output that would overwrite an input or another
-    output.
+    The output mirrors the report path under output_dir with the format's extension
+    (`sub/a.jpg` -> `OUTPUT/sub/a.png`). Naming rule for inputs that would share an output
+    (`a.jpg` and `a.png` in one folder): each of them keeps its own extension in the name,
+    `a.jpg.png` and `a.png.png`; any that still collide are reported, not written.
+    Refuses (UsageError) an output folder that equals, contains or sits inside an input folder
+    (input_roots that are folders) or a guard folder (the folder of an --input_list), or that
+    contains an input file.
     """
-    for root in input_roots:
-        if os.path.isdir(root) and _inside(output_dir, root):
-            raise UsageError(f"{output_dir}: the output folder is inside the input folder {root}; "
-                             f"choose a folder outside it (a rerun would read the outputs as inputs)")
+    check_output_folder(output_dir, [r for r in input_roots if os.path.isdir(r)]
+                        + list(guard_folders), [o for o, _ in inputs])
     ext = images.output_extension(fmt)
+    names = [output_name(rel) for _, rel in inputs]
+    default = [os.path.splitext(n)[0] + ext for n in names]
+    sharing: dict[str, int] = {}
+    for d in default:
+        sharing[d] = sharing.get(d, 0) + 1
     seen: dict[str, str] = {}
-    real_inputs = {os.path.realpath(o) for o, _ in inputs}
     out = []
-    for open_path, rel in inputs:
-        rel_norm = rel if not os.path.isabs(rel) else os.path.basename(rel)
-        rel_norm = os.path.normpath(rel_norm).lstrip(os.sep)
-        while rel_norm.startswith(".." + os.sep):
-            rel_norm = rel_norm[3:]
-        target = os.path.join(output_dir, os.path.splitext(rel_norm)[0] + ext)
+    for (open_path, rel), name, d in zip(inputs, names, default):
+        target = os.path.join(output_dir, d if sharing[d] == 1 else name + ext)
         err = None
-        if os.path.realpath(target) in real_inputs:
-            err = f"{open_path}: the output {target} would overwrite an input; not written"
-        elif target in seen:
+        if target in seen:
             err = f"{open_path}: its output {target} is also the output of {seen[target]}; not written"
         else:
             seen[target] = open_path
@@ -665,7 +695,7 @@ def plan_outputs(inputs: Sequence[tuple[str, str]], output_dir: str, fmt: str,
 
 def protect_files(inputs: Sequence[tuple[str, str]], output_dir: str, config,
                   input_roots: Sequence[str] = (), protector: Protector | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, guard_folders: Sequence[str] = ()) -> dict:
     """Protect photo files into output_dir (mirroring the input tree). Returns the summary.
 
     inputs: (path to open, path to report) pairs, e.g. from cli.common.list_inputs.
@@ -674,14 +704,18 @@ def protect_files(inputs: Sequence[tuple[str, str]], output_dir: str, config,
     output. A failing photo is recorded with its error and the batch goes on. Under
     jax.distributed each process protects its own shard (idguardian_jax.jobs).
     """
-    from idguardian_jax import jobs
+    from idguardian_jax import jobs, settings
 
+    try:  # every setting is checked before any work
+        settings.validate(config)
+    except settings.SettingsError as e:
+        raise UsageError(str(e)) from None
     fmt = config.output.format
     if fmt not in images.OUTPUT_FORMATS:
         raise UsageError(f"--config.output.format must be one of {', '.join(images.OUTPUT_FORMATS)}")
     if fmt != "png":
         sys.stderr.write("warning: " + images.LOSSY_WARNING.format(fmt=fmt.upper()) + "\n")
-    planned = plan_outputs(inputs, output_dir, fmt, input_roots)
+    planned = plan_outputs(inputs, output_dir, fmt, input_roots, guard_folders)
     try:
         protector = protector or Protector(config)
         return jobs.run_job(planned, output_dir, config, protector, progress)
@@ -695,10 +729,15 @@ def _sha256(path: str) -> str:
     return jobs.sha256_file(path)
 
 
-def _no_face(rec: dict, photo: images.Photo, target: str, config) -> None:
+def _no_face(rec: dict, photo: images.Photo, target: str, config, claim=None) -> None:
+    """claim(target): called before writing (jobs.JobDir.claim: records the output as the job's
+    own, or raises ImageWriteError when a file the tool did not write is there)."""
     if config.output.on_no_face == "copy":
+        if claim is not None:
+            claim(target)
         images.write_photo(target, photo.rgb, photo, config.output.format,
-                           config.output.strip_metadata, int(config.output.quality))
+                           config.output.strip_metadata, int(config.output.quality),
+                           keep_location=bool(config.output.get("keep_location", False)))
         rec["status"] = "copied"
         rec["output_sha256"] = _sha256(target)
         rec["notes"].append("no face found: copied unchanged, NOT protected")
@@ -710,13 +749,18 @@ def _no_face(rec: dict, photo: images.Photo, target: str, config) -> None:
 
 
 def _write_protected(rec: dict, res: PhotoResult, photo: images.Photo, target: str, config,
-                     eps: float) -> None:
+                     eps: float, claim=None) -> None:
+    """Write the protected photo (claim as in _no_face); its PNG provenance carries the settings
+    hash and input hash that let a restart adopt it (jobs.JobDir.adoptable)."""
     provenance = {"idguardian": json.dumps({"version": VERSION, "settings": rec.get("settings"),
                                             "input_sha256": rec.get("input_sha256"),
                                             "budget_255": int(round(eps * 255))})}
+    if claim is not None:
+        claim(target)
     images.write_photo(target, res.protected, photo, config.output.format,
                        config.output.strip_metadata, int(config.output.quality),
-                       extra_text=None if config.output.strip_metadata else provenance)
+                       extra_text=None if config.output.strip_metadata else provenance,
+                       keep_location=bool(config.output.get("keep_location", False)))
     back = images.read_photo(target, apply_exif_orientation=True)
     change = int(np.abs(back.rgb.astype(np.int16) - photo.rgb.astype(np.int16)).max())
     budget = int(round(eps * 255))

@@ -75,7 +75,8 @@ def cli(folders, lpips_file):
     proc = subprocess.run(
         [sys.executable, "-m", "idguardian_jax.cli.evaluate", f"--clean={folders['clean']}",
          f"--protected={folders['protected']}", f"--report={rep}", f"--identities={folders['ids']}",
-         f"--transforms={TRANSFORMS}", f"--lpips_weights={lpips_file}"],
+         f"--transforms={TRANSFORMS}", f"--lpips_weights={lpips_file}",
+         "--reuse_protect_records=true"],
         capture_output=True, text=True, timeout=900)
     data = json.loads((rep / "report.json").read_text()) if (rep / "report.json").exists() else None
     return proc, data, rep

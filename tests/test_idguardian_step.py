@@ -49,11 +49,20 @@ def test_one_step_matches_pytorch_restatement(models):
         jnp.asarray(t), jnp.asarray(noise)))
     ref, s_up = dr.torch_algorithm1_direction(root, paths, fn_model, pe, x_adv, x, t, noise, S)
     assert np.abs(s_up).max() > 0  # the deflection term is not trivially zero
+    # Tolerances relative to the size of `total`: float32 sums over the UNet and the encoders
+    # differ between machines (max |ours - ref| 6e-6 on one, 9.5e-5 on another, where an absolute
+    # 1e-6 sign floor then failed on 1 of 12288 entries; here max |total| 7.8e-2, max error
+    # 5.5e-5). Values everywhere within 1e-2 of max |total|, and signs equal wherever |total| is
+    # above 1e-2 of its maximum (below that an error within the value tolerance may flip one).
+    scale = float(np.abs(ref).max())
     differ = np.sign(ours) != np.sign(ref)
-    small = np.abs(ref) < 1e-6
-    print(f"sign differences: {differ.sum()} of {differ.size}, all where |total| < 1e-6: "
-          f"{not (differ & ~small).any()}; max |ours - ref| {np.abs(ours - ref).max():.2e}")
-    assert not (differ & ~small).any()
+    large = np.abs(ref) > 1e-2 * scale
+    err = float(np.abs(ours - ref).max())
+    print(f"max |total| {scale:.2e}; sign differences: {differ.sum()} of {differ.size}, "
+          f"{(differ & large).sum()} where |total| > 1e-2 max; max |ours - ref| {err:.2e}")
+    assert scale > 0
+    assert not (differ & large).any()
+    assert err <= 1e-2 * scale
     stepped = deflection.algorithm1_step(jnp.asarray(x_adv), jnp.asarray(x), p, fn_params, z_clean,
                                          tokens_clean, jnp.asarray(t), jnp.asarray(noise))
     assert float(jnp.abs(stepped - x).max()) <= 8 / 255 + 1e-6

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from idguardian_jax import jobs
+from idguardian_jax import images, jobs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = ("n000050_A_0003_01.png", "n000050_A_0010_01.png", "n000050_A_0075_01.png",
@@ -116,7 +116,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(small_photos, reference, t
             assert rec["path"] not in finished or rec.get("recovered"), rec["path"]
             finished[rec["path"]] = rec
     assert len(finished) == len(PHOTOS) + 1
-    assert not [f for _, _, fs in os.walk(out) for f in fs if f.startswith(".tmp-")]
+    assert not [f for _, _, fs in os.walk(out) for f in fs if f.startswith(images.TMP_PREFIX)]
 
 
 def test_shards_are_disjoint_stable_and_order_free():
@@ -130,7 +130,7 @@ def test_shards_are_disjoint_stable_and_order_free():
 def test_input_lists(tmp_path):
     (tmp_path / "a.txt").write_text("x/1.jpg\n# comment\n/abs/2.png\n")
     assert jobs.read_input_list(str(tmp_path / "a.txt")) == [
-        (str(tmp_path / "x/1.jpg"), "x/1.jpg"), ("/abs/2.png", "/abs/2.png")]
+        (str(tmp_path / "x/1.jpg"), "x/1.jpg"), ("/abs/2.png", "2.png")]
     (tmp_path / "m.csv").write_text("path,person\n1.jpg,ann\n")
     assert jobs.read_input_list(str(tmp_path / "m.csv"))[0][1] == "1.jpg"
     (tmp_path / "m.jsonl").write_text('{"path": "q.png"}\n')

@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
 
 
 def run():
-    app.run(main, flags_parser=common.parse_flags_or_exit)
+    app.run(common.one_line_usage_errors(main), flags_parser=common.parse_flags_or_exit)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 
 from absl import app, flags
@@ -128,6 +129,14 @@ def main(argv: list[str]) -> int:
     inputs = common.list_inputs(paths)
     if not inputs:
         raise app.UsageError(f"no image files found in {' '.join(paths)}", exitcode=common.EXIT_USAGE)
+    if FLAGS.output:  # before any work: the output must be writable
+        folder = os.path.dirname(os.path.abspath(FLAGS.output))
+        parent = folder
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise app.UsageError(f"{FLAGS.output}: cannot write there ({parent} is not a "
+                                 f"writable folder)", exitcode=common.EXIT_USAGE)
     try:
         records = embed_paths(inputs, aligned=FLAGS.aligned, upsample=FLAGS.upsample,
                               max_pixels=FLAGS.max_pixels, encoder=FLAGS.encoder,
@@ -142,7 +151,11 @@ def main(argv: list[str]) -> int:
     for r in failed:
         print(f"error: {r['error']}", file=sys.stderr)
     if FLAGS.output:
-        jsonio.write_json_atomic(FLAGS.output, result)
+        try:
+            jsonio.write_json_atomic(FLAGS.output, result)
+        except OSError as e:  # a full or read-only disk
+            print(f"usage error: {FLAGS.output}: cannot write ({e.strerror or e})", file=sys.stderr)
+            return common.EXIT_USAGE
         n_faces = sum(len(r["faces"]) for r in records)
         print(f"{len(records)} images, {n_faces} faces, {len(failed)} failed -> {FLAGS.output}",
               file=sys.stderr)
@@ -158,7 +171,7 @@ def main(argv: list[str]) -> int:
 
 
 def run():
-    app.run(main, flags_parser=common.parse_flags_or_exit)
+    app.run(common.one_line_usage_errors(main), flags_parser=common.parse_flags_or_exit)
 
 
 if __name__ == "__main__":

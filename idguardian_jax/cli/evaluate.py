@@ -50,9 +50,10 @@ flags.DEFINE_string("lpips_backbone", None, "torchvision AlexNet weights (.pth) 
                     "--lpips_weights=alex.pth.")
 flags.DEFINE_integer("upsample", 1, "Times the detector upsamples the photo (dlib's "
                      "upsample_num_times).", lower_bound=0)
-flags.DEFINE_bool("reuse_protect_records", True, "Take the clean faces' boxes from "
-                  "PROTECTED/idguardian_summary.jsonl when its record is for the same clean file "
-                  "(sha256); saves one detection per photo.")
+flags.DEFINE_bool("reuse_protect_records", False, "Take the clean faces' boxes from "
+                  "PROTECTED/idguardian_summary.jsonl when its record's checksums match both the "
+                  "clean and the protected file (sha256); saves one detection per photo. Off by "
+                  "default: nothing in the protected folder is trusted.")
 flags.DEFINE_integer("html_photos", 100, "Photos shown in report.html (all are in the JSON/CSV).",
                      lower_bound=0)
 flags.DEFINE_integer("thumb_size", 320, "Longest side of the report's thumbnails (pixels).",
@@ -155,7 +156,7 @@ def main(argv: list[str]) -> int:
 
 
 def run():
-    app.run(main, flags_parser=common.parse_flags_or_exit)
+    app.run(common.one_line_usage_errors(main), flags_parser=common.parse_flags_or_exit)
 
 
 if __name__ == "__main__":

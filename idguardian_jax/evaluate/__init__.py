@@ -15,7 +15,7 @@ from idguardian_jax.evaluate.core import Evaluator, FaceEval, PhotoEval, Run, Va
 def evaluate_folders(clean_dir: str, protected_dir: str, identities=None, *,
                      encoders=("dlib_resnet",), checkpoints=None, transforms=(),
                      clean_baseline=False, lpips_weights=None, upsample=1,
-                     reuse_protect_records=True, thumb_size=320, progress=False, workers=1,
+                     reuse_protect_records=False, thumb_size=320, progress=False, workers=1,
                      evaluator: Evaluator | None = None) -> Run:
     """Evaluate every photo under clean_dir against its protected copy (see core.Evaluator)."""
     ev = evaluator or Evaluator(encoders, checkpoints, transforms, clean_baseline, lpips_weights,

@@ -340,7 +340,7 @@ class Evaluator:
                     "threshold": encoder_registry.get(n).threshold} for n in self.encoder_names}
 
     def evaluate_folders(self, clean_dir: str, protected_dir: str,
-                         identities: str | dict | None = None, reuse_protect_records: bool = True,
+                         identities: str | dict | None = None, reuse_protect_records: bool = False,
                          max_pixels: int = images.DEFAULT_MAX_PIXELS, progress: bool = True,
                          workers: int = 1) -> Run:
         """Evaluate every clean photo under clean_dir against its copy under protected_dir.
@@ -352,7 +352,8 @@ class Evaluator:
         pairs, unpaired = inputs.pair_folders(clean_dir, protected_dir)
         labels = (inputs.read_identities(identities) if isinstance(identities, str)
                   else dict(identities or {}))
-        records = inputs.protect_records(protected_dir)  # boxes reused only if asked; budget
+        # the protected folder's records: face boxes reused only if asked and checksums match
+        records = inputs.protect_records(protected_dir) if reuse_protect_records else {}
         photos: list[PhotoEval] = []
         work = lambda pair: self._evaluate_file(pair, labels, records, max_pixels,  # noqa: E731
                                                 reuse_protect_records)
@@ -369,6 +370,12 @@ class Evaluator:
         if unpaired:
             notes.append(f"{len(unpaired)} protected photo(s) have no clean photo: "
                          + ", ".join(unpaired[:5]) + (" ..." if len(unpaired) > 5 else ""))
+        reused = sum(1 for p in photos if any("boxes reused" in n for n in p.notes))
+        notes.append(f"faces found again on every clean photo (nothing in {protected_dir} trusted)"
+                     if not reused else
+                     f"clean faces' boxes of {reused} photo(s) reused from "
+                     f"{os.path.join(protected_dir, inputs.SUMMARY_NAME)} (records whose input and "
+                     f"output checksums match the files); the others found again")
         if labels and not any(f.person for p in photos for f in p.faces):
             notes.append("no identity label matched a clean photo with a face: no verification")
         settings = {"clean": clean_dir, "protected": protected_dir,
@@ -393,7 +400,11 @@ class Evaluator:
         except images.ImageReadError as e:
             pe.error = str(e)
             return pe
-        boxes = inputs.reusable_boxes(records, pair.clean) if records and reuse else None
+        boxes = (inputs.reusable_boxes(records, pair.clean, pair.protected)
+                 if records and reuse else None)
+        if boxes is not None:
+            pe.notes.append("clean faces' boxes reused from idguardian-protect's record (its input "
+                            "and output checksums match these files)")
         if pair.protected is None:
             if boxes is not None and not boxes:  # protect found no face and wrote nothing
                 pe.status, pe.width, pe.height = "no_face", clean.shape[1], clean.shape[0]

@@ -6,8 +6,9 @@
   `file,person`. Keys are clean paths relative to the clean folder, with or without the extension.
   A label names the photo's subject: it applies to the photo's largest face. A list or an empty
   value leaves the photo unlabelled.
-- Protect's records (PROTECTED/idguardian_summary.jsonl): the clean faces' boxes that
-  idguardian-protect found, reused when the record's input_sha256 matches the clean file.
+- Protect's records (PROTECTED/idguardian_summary.jsonl), only when asked
+  (reuse_protect_records): the clean faces' boxes that idguardian-protect found, reused only when
+  the record's input_sha256 matches the clean file and its output_sha256 the protected file.
 """
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ def read_identities(path: str) -> dict[str, str]:
             text = fh.read()
     except OSError as e:
         raise InputError(f"{path}: cannot read the identities file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: the identities file is not UTF-8 text (byte {e.start})") from None
     if path.lower().endswith(".csv"):
         rows = list(csv.reader(text.splitlines()))
         if not rows or [c.strip().lower() for c in rows[0][:2]] != ["file", "person"]:
@@ -138,15 +141,27 @@ def protect_records(protected_dir: str) -> dict[str, dict]:
     return out
 
 
-def reusable_boxes(records: dict[str, dict],
-                   clean_path: str) -> list[tuple[tuple[int, ...], float | None]] | None:
-    """The clean faces (box, score) idguardian-protect found on this very file (same sha256), or
-    None when no usable record exists."""
+def reusable_boxes(records: dict[str, dict], clean_path: str,
+                   protected_path: str | None = None
+                   ) -> list[tuple[tuple[int, ...], float | None]] | None:
+    """The clean faces (box, score) idguardian-protect found on this very file, or None when no
+    record can be trusted. Nothing in the protected folder is taken on its word: a record counts
+    only when its input_sha256 is the clean file's and, for a protected or copied photo, its
+    output_sha256 is the protected file's (a record of no face needs no protected file)."""
     if not records:
         return None
     rec = records.get(file_sha256(clean_path))
     if not rec or rec.get("status") not in ("protected", "no_face", "copied"):
         return None
+    if rec["status"] == "no_face":
+        if protected_path is not None:
+            return None
+    else:
+        try:
+            if protected_path is None or rec.get("output_sha256") != file_sha256(protected_path):
+                return None
+        except OSError:
+            return None
     try:
         return [(tuple(int(v) for v in f["box"]), f.get("score")) for f in rec.get("faces") or []]
     except (KeyError, TypeError, ValueError):
