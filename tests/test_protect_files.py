@@ -143,4 +143,5 @@ def test_cli_exit_codes_and_lossy_warning(tree, tmp_path):
     assert p.returncode == 1, p.stderr
     assert "lossy JPEG output weakens the protection" in p.stderr
     assert (tmp_path / "o" / "gray.jpg").exists()
-    assert "identity distance" in p.stdout and "1 error" in p.stdout
+    assert "dlib_resnet: distance to the clean face 0.00 -> " in p.stdout and "1 error" in p.stdout
+    assert "protection is computed and measured against dlib alone" in p.stdout  # tiny: dlib only

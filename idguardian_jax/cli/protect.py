@@ -64,6 +64,9 @@ def main(argv: list[str]) -> int:
         settings.validate(config)
     except settings.SettingsError as e:
         raise _usage(str(e))
+    note = protect.dlib_alone_note(config)
+    if note:
+        print(note)
     n, i = FLAGS.num_processes, FLAGS.process_id
     if n is not None and n < 1:
         raise _usage(f"--num_processes must be >= 1, got {n}")
@@ -93,11 +96,10 @@ def main(argv: list[str]) -> int:
     for r in summary["records"]:
         if r["status"] == "protected":
             for i, f in enumerate(r["faces"]):
-                after = f.get("distance_after")
-                print(f"{r['path']} face {i}: identity distance {f['distance_before']:.3f} -> "
-                      + (f"{after:.3f}" if after is not None else "face no longer detected")
-                      + f" (dlib threshold 0.6), PSNR {r['psnr']:.1f} dB, max change "
-                      f"{r['max_change']}/255")
+                print(f"{r['path']} face {i}: PSNR {r['psnr']:.1f} dB, max change "
+                      f"{r['max_change']}/255; found again on the written photo:")
+                for line in protect.describe_face(f):
+                    print(f"  {line}")
     parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     where = "" if summary.get("report") is None else " (all processes: OUTPUT/idguardian_report.json)"
     print(f"{summary['photos']} photos: {parts}; {summary['faces_past_threshold']} of "
