@@ -69,3 +69,69 @@ def test_unit_and_bad_settings():
         transfer.TransferConfig(balance="max")
     with pytest.raises(ValueError, match="momentum"):
         pgd.PGDConfig(momentum=1.0)
+
+
+# ------------------------------------------------------------------------------------------
+# With the real encoders: the default ensemble and the balanced direction
+# ------------------------------------------------------------------------------------------
+@pytest.mark.real_encoders
+def test_default_config_adds_every_installed_encoder(installed):
+    from idguardian_jax import protect
+
+    cfg = protect.default_config()
+    names = [n for n, _ in protect.encoders_of(cfg)]
+    assert names == ["dlib_resnet"] + sorted(installed)
+    assert protect.dlib_alone_note(cfg) is None
+    cfg.objective.installed_encoders = "none"
+    assert [n for n, _ in protect.encoders_of(cfg)] == ["dlib_resnet"]
+    assert "dlib alone" in protect.dlib_alone_note(cfg)
+
+
+def test_without_installs_the_default_is_dlib_alone():
+    from idguardian_jax import protect
+
+    cfg = protect.default_config()
+    assert [n for n, _ in protect.encoders_of(cfg)] == ["dlib_resnet"]
+    assert "dlib alone" in protect.dlib_alone_note(cfg)
+
+
+@pytest.mark.real_encoders
+@pytest.mark.faces
+def test_gradient_balance_is_the_sum_of_unit_encoder_gradients(installed, faces_dir):
+    import functools
+    import os
+
+    from idguardian_jax import engine, images, objective, protect
+
+    cfg = protect.default_config()
+    cfg.objective.installed_encoders = "none"
+    cfg.objective.encoders = (("dlib_resnet", 1.0), ("mobileface", 2.0))
+    cfg.objective.transfer.balance = "gradient"
+    cfg.objective.transfer.diversity_prob = 0.5
+    cfg.objective.transfer.ti_kernel = 5
+    prot = protect.Protector(cfg)
+    rgb = images.read_photo(os.path.join(faces_dir, "n000050_A_0003_01.png")).rgb
+    p = prot.prepare(0, rgb)
+    x, _, _, arrays, clean, decoy, _ = prot._inputs(p)
+    groups = p.plan.groups
+    delta = jnp.asarray(np.random.default_rng(0).uniform(-2 / 255, 2 / 255, x.shape), jnp.float32)
+    key = jax.random.key(3)
+    direction = engine._identity_direction(prot.models.params, x, arrays, clean, decoy, groups, prot.cfg)
+    loss, g = jax.jit(direction)(delta, key)
+    want, total = 0.0, 0.0
+    for name, w in (("dlib_resnet", 1.0), ("mobileface", 2.0)):
+        f = functools.partial(objective.encoder_loss, name, x01=x, arrays=arrays, clean=clean,
+                              decoy=decoy, params=prot.models.params, key=key, groups=groups,
+                              cfg=prot.cfg.objective)
+        l, gi = jax.jit(jax.value_and_grad(f))(delta)
+        assert float(jnp.linalg.norm(gi)) > 0
+        want = want + w * gi / jnp.linalg.norm(gi)
+        total += w * float(l)
+    # separately compiled programs: the same up to float32 rounding (a wrong combination would
+    # be off by O(1): the two unit gradients are far from parallel, see below)
+    np.testing.assert_allclose(float(loss), total, rtol=1e-3)
+    assert float(jnp.linalg.norm(g - want) / jnp.linalg.norm(want)) < 1e-2
+    # and the direction differs from the plain summed-loss gradient (the balance does something)
+    plain = jax.grad(engine._loss_fn(prot.models.params, x, arrays, clean, decoy, groups, prot.cfg))(delta, key)
+    cos = float(jnp.sum(plain * g) / jnp.linalg.norm(plain) / jnp.linalg.norm(g))
+    assert cos < 0.99
