@@ -251,9 +251,14 @@ class Protector:
         """Encoders that embed (have weights); the others are views only (a baseline's crop)."""
         return [name for name in self.encoder_names if name in self.models.params]
 
-    def find_faces(self, rgb: np.ndarray) -> list[analyze.Face]:
-        return analyze.find_faces(rgb, self.models.faces, self.config.detect.upsample,
-                                  with68=analyze.needs_68(self.encoder_names))
+    def find_faces(self, rgb: np.ndarray, near=None) -> list[analyze.Face]:
+        """Faces of a photo as dlib's detector at config.detect.upsample finds them: on the full
+        canvas (detect.max_side 0) or on a bounded canvas refined at full resolution; with `near`
+        (boxes), only the detections near those boxes (detect.measure: 'near')."""
+        d = self.config.detect
+        return analyze.find_faces(rgb, self.models.faces, d.upsample,
+                                  with68=analyze.needs_68(self.encoder_names),
+                                  max_side=int(d.get("max_side", 0) or 0), near=near)
 
     def chip_plans(self, rgb: np.ndarray, faces) -> dict[str, list]:
         """encoder name -> one ChipPlan per face (how that encoder's pipeline cuts the chip)."""
@@ -452,7 +457,10 @@ class Protector:
         dlib_thr = encoder_registry.get("dlib_resnet").threshold
         dlib_clean = analyze.describe(p.rgb, [dataclasses.replace(f) for f in p.faces], m)
         dlib_again_clean = analyze.describe(p.rgb, [dataclasses.replace(f) for f in p.faces], m)
-        again = self.find_faces(protected)
+        # The clean faces found again: only dlib's detections near them (equal to the full
+        # re-detection's there, detect_regions.refine), unless detect.measure is 'full'.
+        near = [f.box for f in p.faces] if self.config.detect.get("measure", "near") == "near" else None
+        again = self.find_faces(protected, near=near)
         analyze.describe(protected, again, m)
         reports = []
         for i, f in enumerate(p.faces):

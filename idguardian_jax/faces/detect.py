@@ -634,6 +634,20 @@ def _to_detections(scores: np.ndarray, rects, detector: MMODDetector, adjust_thr
     if k_all.size == 0:
         return []
     conf = scores[r_all, c_all, k_all].astype(np.float64)
+    return windows_to_detections(k_all, r_all, c_all, conf, rects, detector, upsample_num_times)
+
+
+def windows_to_detections(k_all: np.ndarray, r_all: np.ndarray, c_all: np.ndarray, conf: np.ndarray,
+                          rects, detector: MMODDetector, upsample_num_times: int) -> list[Detection]:
+    """Windows above the threshold -> detections (loss_mmod_::to_label's boxes and NMS, then
+    rect_down per upsampling).
+
+    k_all, r_all, c_all: (N,) int channel / output row / output column of each window, in dlib's
+        scan order (channel, row, column); conf: (N,) float64 scores; rects: the tiled pyramid's
+        level rectangles (canvas pixels).
+    """
+    if k_all.size == 0:
+        return []
     # Window centre in canvas pixels (output_tensor_to_input_tensor), window of the channel's size
     # (centered_drect: half-extent (size - 1) / 2), mapped to the (upsampled) image through the
     # nearest pyramid level (tiled_pyramid_to_image): subtract the level's origin, then
