@@ -213,6 +213,7 @@ def _canvas_tiles(image: np.ndarray, geo: PyramidGeometry, tiles: Sequence[tuple
     n_stages = len(geo.stages)
     u = geo.upsample
     need: list = [None] * n_stages
+    own: list = [None] * n_stages  # what the tiles themselves read of each stage
     hits = []  # per tile: (level, canvas rect of the intersection)
     for (R0, R1, C0, C1) in tiles:
         mine = []
@@ -220,6 +221,7 @@ def _canvas_tiles(image: np.ndarray, geo: PyramidGeometry, tiles: Sequence[tuple
             ir0, ir1, ic0, ic1 = max(R0, t), min(R1, b + 1), max(C0, l), min(C1, r + 1)
             if ir1 > ir0 and ic1 > ic0:
                 need[u + lev] = _union(need[u + lev], (ir0 - t, ir1 - t, ic0 - l, ic1 - l))
+                own[u + lev] = _union(own[u + lev], (ir0 - t, ir1 - t, ic0 - l, ic1 - l))
                 mine.append((lev, ir0, ir1, ic0, ic1))
         hits.append(mine)
     for s in range(n_stages - 1, 0, -1):
@@ -236,8 +238,14 @@ def _canvas_tiles(image: np.ndarray, geo: PyramidGeometry, tiles: Sequence[tuple
         else:
             sr0, _, sc0, _ = need[s - 1]
             regions[s] = _resize_region(regions[s - 1], sr0, sc0, geo.stages[s], *need[s])
-            if s - 1 < u:
-                regions[s - 1] = None  # the photo and uint8 stages are read once
+            # the previous stage is done feeding the chain: keep only what the tiles read of it
+            prev = s - 1
+            if own[prev] is None:
+                regions[prev] = None
+            elif own[prev] != need[prev]:
+                (a0, a1, b0, b1), (n0, _, m0, _) = own[prev], need[prev]
+                regions[prev] = regions[prev][a0 - n0:a1 - n0, b0 - m0:b1 - m0].copy()
+                need[prev] = own[prev]
         if s == u:  # level 0: (pixel - mean) / 256 in float32, as input_rgb_image_pyramid
             regions[s] = (regions[s].astype(np.float32) - mean) / np.float32(256)
     out = []
