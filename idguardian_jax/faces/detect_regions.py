@@ -18,15 +18,17 @@ Here the same scores are computed only where faces are:
    `tile` x `tile` output positions (8 canvas pixels each) is scored at the levels within
    `levels_around` of that k, the windows above the threshold become boxes exactly as in
    loss_mmod_::to_label (nearest level, rect_up, lround) and the union is non-max suppressed as dlib
-   does. With NMS IoU 0.338 (bounding-box IoU, the file's setting) two concentric windows interact
-   only when their sizes differ by less than 1.72x, i.e. within 3 levels (1.2**3 = 1.73); a window
-   matching a box at IoU >= 0.5 is within 2 levels (1.2**2 = 1.44 < 1.41**... see _LEVELS_AROUND).
+   does. The detection dlib reports for a face is its best-scoring window, at the level where the
+   face is ~80 px (a window 2 levels away is 1.44x larger or smaller: IoU <= 0.48 with a box at
+   the face's size), so `levels_around` = 2 holds every window that can be the face's detection
+   when the candidate's size is within a level (20 %) of it.
 3. **Candidates** (`detect_faces_bounded`): the photo is resized (Pillow, antialiased) so that its
    long side is `max_side` and the detector runs there at upsample 0 with a lowered threshold; each
    candidate is refined on the full-resolution pyramid at the requested upsampling (step 2). A photo
    whose upsampled long side is at most `max_side` runs the full pipeline (exact, and as cheap).
-   Faces smaller than about 80 * long_side / max_side photo pixels can be missed (the full pipeline
-   at upsample 1 finds faces down to ~40 px); see docs/BENCHMARKS for the agreement measured.
+   Faces smaller than about 55 * long_side / max_side photo pixels can be missed (measured: at
+   max_side 1024 a 3000 px photo's 160 px face is found, its 140 px face is not), where the full
+   pipeline at upsample 1 finds faces down to ~40 px; BENCHMARKS.md has the agreement measured.
 
 Peak memory: the photo, the small canvas, and per face a stack of level regions of ~4x the face's
 width (level 0 at upsample 1: 2x the face region), never a full-size pyramid.
