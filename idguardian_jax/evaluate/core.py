@@ -198,10 +198,13 @@ class Evaluator:
         near: boxes where faces are expected; only dlib's detections near them are computed."""
         if boxes is None:
             near_key = None if near is None else tuple(tuple(int(v) for v in b) for b in near)
-            key = (hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest(), rgb.shape,
-                   self.upsample, self.max_side, near_key)
+            base = (hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest(), rgb.shape,
+                    self.upsample, self.max_side)
+            key = base + (near_key,)
             with self._lock:
-                boxes = self._detections.get(key)
+                # a whole-photo detection of the same pixels serves a detection near boxes too
+                # (the caller matches faces to its boxes; refine equals the full detection there)
+                boxes = self._detections.get(key) or self._detections.get(base + (None,))
             if boxes is None:
                 t = time.perf_counter()
                 if near is not None:
