@@ -292,9 +292,7 @@ def _forward_tiles(params: dict, tiles: jax.Array, g: jax.Array, valid: jax.Arra
     plan = _tile_plan(layers, n)
     x = tiles
     ci = 0
-    for i, spec in enumerate(layers):
-        kind = spec[0]
-        p = params["layers"].get(f"{i:02d}")
+    for kind, spec, p in D.fused_layers(params, layers):
         if kind == "conv":
             (sy, sx) = spec[1]
             a, b, _ = plan[ci]
