@@ -162,9 +162,11 @@ class _SimdSlice:
 
 
 def _resize_region(src: np.ndarray, sr0: int, sc0: int, st: _Stage, r0: int, r1: int, c0: int,
-                   c1: int, chunk: int = 32) -> np.ndarray:
+                   c1: int, chunk: int = 32, mean: np.ndarray | None = None) -> np.ndarray:
     """Outputs [r0, r1) x [c0, c1) of the stage's resize, from `src` = its input's rows/cols starting
-    at (sr0, sc0). Same arithmetic as detect._resize_rgb_u8 ('u8') / detect._resize_float ('f32')."""
+    at (sr0, sc0). Same arithmetic as detect._resize_rgb_u8 ('u8') / detect._resize_float ('f32').
+    mean: for level 1, whose input (level 0) is kept as uint8 pixels: the rows read are first
+    converted to (pixel - mean) / 256 float32 (the same values as converting the whole level)."""
     top, bottom, tb = st.rows
     cols, ns = st.cols, st.cols.n_simd
     out = np.empty((r1 - r0, c1 - c0, 3), np.uint8 if st.kind == "u8" else np.float32)
@@ -179,6 +181,9 @@ def _resize_region(src: np.ndarray, sr0: int, sc0: int, st: _Stage, r0: int, r1:
     for q0 in range(r0, r1, chunk):
         q1 = min(r1, q0 + chunk)
         s_t, s_b = src[top[q0:q1] - sr0], src[bottom[q0:q1] - sr0]
+        if mean is not None:
+            s_t = (s_t.astype(np.float32) - mean) / np.float32(256)
+            s_b = (s_b.astype(np.float32) - mean) / np.float32(256)
         tbd = tb[q0:q1, None, None]
         o = out[q0 - r0:q1 - r0]
         if simd is not None:
@@ -239,7 +244,8 @@ def _canvas_tiles(image: np.ndarray, geo: PyramidGeometry, tiles: Sequence[tuple
             regions[0] = image[r0:r1, c0:c1]
         else:
             sr0, _, sc0, _ = need[s - 1]
-            regions[s] = _resize_region(regions[s - 1], sr0, sc0, geo.stages[s], *need[s])
+            regions[s] = _resize_region(regions[s - 1], sr0, sc0, geo.stages[s], *need[s],
+                                        mean=mean if s == u + 1 else None)
             # the previous stage is done feeding the chain: keep only what the tiles read of it
             prev = s - 1
             if own[prev] is None:
@@ -248,16 +254,19 @@ def _canvas_tiles(image: np.ndarray, geo: PyramidGeometry, tiles: Sequence[tuple
                 (a0, a1, b0, b1), (n0, _, m0, _) = own[prev], need[prev]
                 regions[prev] = regions[prev][a0 - n0:a1 - n0, b0 - m0:b1 - m0].copy()
                 need[prev] = own[prev]
-        if s == u:  # level 0: (pixel - mean) / 256 in float32, as input_rgb_image_pyramid
-            regions[s] = (regions[s].astype(np.float32) - mean) / np.float32(256)
+        # level 0 stays uint8 (4x smaller than float32; for a face filling a 6000 px photo the
+        # upsampled region is 12001 x 12002): it is converted to (pixel - mean) / 256 float32, as
+        # input_rgb_image_pyramid does, by row blocks where level 1 reads it and where tiles do.
     out = []
     for (R0, R1, C0, C1), mine in zip(tiles, hits):
         tile = np.zeros((R1 - R0, C1 - C0, 3), np.float32)
         for lev, ir0, ir1, ic0, ic1 in mine:
             l, t = geo.rects[lev][0], geo.rects[lev][1]
             nr0, _, nc0, _ = need[u + lev]
-            tile[ir0 - R0:ir1 - R0, ic0 - C0:ic1 - C0] = regions[u + lev][
-                ir0 - t - nr0:ir1 - t - nr0, ic0 - l - nc0:ic1 - l - nc0]
+            part = regions[u + lev][ir0 - t - nr0:ir1 - t - nr0, ic0 - l - nc0:ic1 - l - nc0]
+            if lev == 0:
+                part = (part.astype(np.float32) - mean) / np.float32(256)
+            tile[ir0 - R0:ir1 - R0, ic0 - C0:ic1 - C0] = part
         out.append(tile)
     return out
 
