@@ -59,7 +59,7 @@ def main():
 
     print(f"machine: {machine()}, date: {time.strftime('%Y-%m-%d %H:%M')}, max_side="
           f"{'config' if args.max_side is None else args.max_side}, {args.steps} PGD steps\n")
-    print("| photo | peak RSS (MiB) | after loading models (MiB) | seconds (cold, with compiles) |")
+    print("| photo | peak RSS (MiB) | after loading models and making the photo (MiB) | seconds (cold, with compiles) |")
     print("|---|---|---|---|")
     for size in [int(s) for s in args.sizes.split(",")]:
         cmd = [sys.executable, os.path.abspath(__file__), f"--one={size}", f"--steps={args.steps}",
