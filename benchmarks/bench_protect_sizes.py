@@ -18,8 +18,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine, synthetic_photo  # noqa: E402
 

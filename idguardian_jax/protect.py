@@ -263,9 +263,15 @@ class Protector:
         canvas (detect.max_side 0) or on a bounded canvas refined at full resolution; with `near`
         (boxes), only the detections near those boxes (detect.measure: 'near')."""
         d = self.config.detect
+        max_side = d.get("max_side", 0) or 0
+        if not isinstance(max_side, int) or max_side < 0:
+            raise UsageError(f"--config.detect.max_side must be an integer >= 0 (0: the full "
+                             f"canvas), got {max_side!r}")
+        if d.get("measure", "near") not in ("near", "full"):
+            raise UsageError(f"--config.detect.measure must be near or full, got {d.measure!r}")
         return analyze.find_faces(rgb, self.models.faces, d.upsample,
                                   with68=analyze.needs_68(self.encoder_names),
-                                  max_side=int(d.get("max_side", 0) or 0), near=near)
+                                  max_side=max_side, near=near)
 
     def chip_plans(self, rgb: np.ndarray, faces) -> dict[str, list]:
         """encoder name -> one ChipPlan per face (how that encoder's pipeline cuts the chip)."""
@@ -466,7 +472,8 @@ class Protector:
         dlib_again_clean = analyze.describe(p.rgb, [dataclasses.replace(f) for f in p.faces], m)
         # The clean faces found again: only dlib's detections near them (equal to the full
         # re-detection's there, detect_regions.refine), unless detect.measure is 'full'.
-        near = [f.box for f in p.faces] if self.config.detect.get("measure", "near") == "near" else None
+        near_only = self.config.detect.get("measure", "near") == "near"
+        near = [f.box for f in p.faces] if near_only else None
         again = self.find_faces(protected, near=near)
         analyze.describe(protected, again, m)
         reports = []

@@ -68,6 +68,15 @@ def test_measuring_near_the_faces_equals_the_full_redetection(protector, faces_d
         assert a.encoders == b.encoders
 
 
+@pytest.mark.parametrize("field,value", [("measure", "nearby"), ("max_side", -1)])
+def test_bad_detect_settings_are_usage_errors(protector, field, value):
+    cfg = tiny.get_config()
+    cfg.detect[field] = value
+    pr = protect.Protector(cfg, models=protector.models)
+    with pytest.raises(protect.UsageError, match=f"detect.{field}"):
+        pr.find_faces(np.zeros((64, 64, 3), np.uint8))
+
+
 def test_no_face_is_reported_not_protected(protector):
     flat = np.full((120, 160, 3), 128, np.uint8)
     r, = protect.protect(flat, protector=protector)
