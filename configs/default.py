@@ -88,6 +88,14 @@ def get_config():
 
     c.detect = ml_collections.ConfigDict()
     c.detect.upsample = 1             # dlib's upsample_num_times, as face_recognition uses
+    # Long side of the canvas faces are first looked for on (0: the full canvas, exact, cost ~13x
+    # the photo's pixels); each face found is then re-detected at full resolution on the canvas
+    # tiles around it, so boxes, landmarks and chips are dlib's upsample-1 ones. Photos whose
+    # upsampled long side is <= max_side run the full canvas. See BENCHMARKS.md (detection).
+    c.detect.max_side = 1024
+    # After protection, faces are found again only near the clean faces ('near', equal to the full
+    # re-detection there) or on the whole protected photo ('full').
+    c.detect.measure = "near"
 
     c.batch = ml_collections.ConfigDict()
     c.batch.per_device = 1            # photos per device per program call

@@ -276,7 +276,14 @@ def dlib_alone_note(config) -> str | None:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    """PSNR (dB) of two uint8 photos of one shape; summed exactly in row blocks (int64), so memory
+    stays small for large photos (a float64 copy of a 6000x6000 photo is 864 MB)."""
+    rows = max(1, (1 << 22) // max(1, int(np.prod(a.shape[1:]))))
+    total = 0
+    for r in range(0, a.shape[0], rows):
+        d = a[r:r + rows].astype(np.int32) - b[r:r + rows].astype(np.int32)
+        total += int(np.dot(d.ravel().astype(np.int64), d.ravel().astype(np.int64)))
+    mse = total / float(max(1, a.size))
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
@@ -322,9 +329,20 @@ class Protector:
         """Encoders that embed (have weights); the others are views only (a baseline's crop)."""
         return [name for name in self.encoder_names if name in self.models.params]
 
-    def find_faces(self, rgb: np.ndarray) -> list[analyze.Face]:
-        return analyze.find_faces(rgb, self.models.faces, self.config.detect.upsample,
-                                  with68=analyze.needs_68(self.encoder_names))
+    def find_faces(self, rgb: np.ndarray, near=None) -> list[analyze.Face]:
+        """Faces of a photo as dlib's detector at config.detect.upsample finds them: on the full
+        canvas (detect.max_side 0) or on a bounded canvas refined at full resolution; with `near`
+        (boxes), only the detections near those boxes (detect.measure: 'near')."""
+        d = self.config.detect
+        max_side = d.get("max_side", 0) or 0
+        if not isinstance(max_side, int) or max_side < 0:
+            raise UsageError(f"--config.detect.max_side must be an integer >= 0 (0: the full "
+                             f"canvas), got {max_side!r}")
+        if d.get("measure", "near") not in ("near", "full"):
+            raise UsageError(f"--config.detect.measure must be near or full, got {d.measure!r}")
+        return analyze.find_faces(rgb, self.models.faces, d.upsample,
+                                  with68=analyze.needs_68(self.encoder_names),
+                                  max_side=max_side, near=near)
 
     def chip_plans(self, rgb: np.ndarray, faces) -> dict[str, list]:
         """encoder name -> one ChipPlan per face (how that encoder's pipeline cuts the chip)."""
@@ -523,7 +541,11 @@ class Protector:
         dlib_thr = encoder_registry.get("dlib_resnet").threshold
         dlib_clean = analyze.describe(p.rgb, [dataclasses.replace(f) for f in p.faces], m)
         dlib_again_clean = analyze.describe(p.rgb, [dataclasses.replace(f) for f in p.faces], m)
-        again = self.find_faces(protected)
+        # The clean faces found again: only dlib's detections near them (equal to the full
+        # re-detection's there, detect_regions.refine), unless detect.measure is 'full'.
+        near_only = self.config.detect.get("measure", "near") == "near"
+        near = [f.box for f in p.faces] if near_only else None
+        again = self.find_faces(protected, near=near)
         analyze.describe(protected, again, m)
         reports = []
         for i, f in enumerate(p.faces):

@@ -50,6 +50,33 @@ def test_result_independent_of_batch_and_seed_changes_it(protector, faces_dir):
     assert not np.array_equal(other.protected, alone.protected)
 
 
+@pytest.mark.parametrize("name", ["n000050_A_0003_01.png", "two_people.jpg"])
+def test_measuring_near_the_faces_equals_the_full_redetection(protector, faces_dir, name):
+    """detect.measure='near' (dlib's detections near the clean faces only) reports exactly what
+    the full re-detection on the whole protected photo reports (issue 13)."""
+    img = _photo(faces_dir, name)
+    prep = protector.prepare(0, img)
+    r, = protector.protect_arrays([img], measure=False, prepared=[prep])
+    near = protector.measure(prep, r.protected)
+    cfg = tiny.get_config()
+    cfg.detect.measure = "full"
+    cfg.detect.max_side = 0
+    full = protect.Protector(cfg, models=protector.models).measure(prep, r.protected)
+    assert [f.found_again for f in near] == [f.found_again for f in full] == [True] * len(prep.faces)
+    for a, b in zip(near, full):
+        assert a.distance_after == pytest.approx(b.distance_after, abs=1e-6)
+        assert a.encoders == b.encoders
+
+
+@pytest.mark.parametrize("field,value", [("measure", "nearby"), ("max_side", -1)])
+def test_bad_detect_settings_are_usage_errors(protector, field, value):
+    cfg = tiny.get_config()
+    cfg.detect[field] = value
+    pr = protect.Protector(cfg, models=protector.models)
+    with pytest.raises(protect.UsageError, match=f"detect.{field}"):
+        pr.find_faces(np.zeros((64, 64, 3), np.uint8))
+
+
 def test_no_face_is_reported_not_protected(protector):
     flat = np.full((120, 160, 3), 128, np.uint8)
     r, = protect.protect(flat, protector=protector)

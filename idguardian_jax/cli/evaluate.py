@@ -50,6 +50,11 @@ flags.DEFINE_string("lpips_backbone", None, "torchvision AlexNet weights (.pth) 
                     "--lpips_weights=alex.pth.")
 flags.DEFINE_integer("upsample", 1, "Times the detector upsamples the photo (dlib's "
                      "upsample_num_times).", lower_bound=0)
+flags.DEFINE_integer("detect_max_side", 1024, "Long side of the canvas the clean faces are first "
+                     "looked for on, then refined at full resolution (0: the full canvas).",
+                     lower_bound=0)
+flags.DEFINE_bool("detect_near", True, "On each transformed photo, detect faces only near the "
+                  "clean faces (equal to a full detection there; other faces are not used).")
 flags.DEFINE_bool("reuse_protect_records", False, "Take the clean faces' boxes from "
                   "PROTECTED/idguardian_summary.jsonl when its record's checksums match both the "
                   "clean and the protected file (sha256); saves one detection per photo. Off by "
@@ -125,7 +130,8 @@ def main(argv: list[str]) -> int:
         lpips = f"{FLAGS.lpips_weights},{FLAGS.lpips_backbone}"
     try:
         ev = evaluate.Evaluator(names, checkpoints, ts, FLAGS.clean_baseline, lpips, FLAGS.upsample,
-                                thumb_size=FLAGS.thumb_size)
+                                thumb_size=FLAGS.thumb_size, max_side=FLAGS.detect_max_side,
+                                near=FLAGS.detect_near)
     except (OSError, ValueError, KeyError) as e:  # weights: damaged, foreign
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return common.EXIT_SOME_FAILED

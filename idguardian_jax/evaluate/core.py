@@ -34,7 +34,7 @@ import encoders as encoder_registry
 from idguardian_jax import images
 from idguardian_jax.evaluate import inputs, metrics
 from idguardian_jax.evaluate import transforms as transforms_mod
-from idguardian_jax.faces import align, analyze, detect
+from idguardian_jax.faces import align, analyze, detect, detect_regions
 
 MIN_IOU = 0.3
 NONE = "none"
@@ -131,13 +131,19 @@ class Evaluator:
     clean_baseline: also measure each transform on the clean photo ('clean:<name>' variants).
     lpips_weights: a local LPIPS weights file (evaluate.lpips), or None (LPIPS not computed).
     upsample: the detector's upsample_num_times (1, as face_recognition).
+    max_side: 0 detects the clean faces on the full canvas; otherwise on a canvas of that long side,
+      refined at full resolution (faces.detect_regions; the default of configs/default.py).
+    near: on each transformed photo, compute dlib's detections only near the clean faces' mapped
+      boxes (faces.detect_regions.refine: equal to the full detection there) rather than on the
+      whole photo; other faces of a variant are never used.
     thumb_size: longest side of the report's thumbnails (0: none).
     """
 
     def __init__(self, encoders: Sequence[str] = ("dlib_resnet",), checkpoints: dict | None = None,
                  transforms: Sequence[str | transforms_mod.Transform] = (),
                  clean_baseline: bool = False, lpips_weights: str | None = None, upsample: int = 1,
-                 models: analyze.FaceModels | None = None, thumb_size: int = 320):
+                 models: analyze.FaceModels | None = None, thumb_size: int = 320,
+                 max_side: int = 1024, near: bool = True):
         checkpoints = dict(checkpoints or {})
         self.encoder_names = list(dict.fromkeys(encoders))
         for name in self.encoder_names:
@@ -154,6 +160,8 @@ class Evaluator:
         if self.with68:
             self.models.ensure_68()
         self.upsample = int(upsample)
+        self.max_side = int(max_side)
+        self.near = bool(near)
         self.thumb_size = int(thumb_size)
         ts = [t if isinstance(t, transforms_mod.Transform) else transforms_mod.parse(t)
               for t in transforms]
@@ -184,18 +192,29 @@ class Evaluator:
                 self.timings[count] += 1
 
     # -- faces and embeddings ------------------------------------------------------------------
-    def find_faces(self, rgb: np.ndarray, boxes=None) -> list[analyze.Face]:
+    def find_faces(self, rgb: np.ndarray, boxes=None, near=None) -> list[analyze.Face]:
         """Faces of an (H, W, 3) uint8 photo: detected (memoized by pixels), or from given
-        (box, score) pairs; landmarks (and 68 points when an encoder needs them) found on `rgb`."""
+        (box, score) pairs; landmarks (and 68 points when an encoder needs them) found on `rgb`.
+        near: boxes where faces are expected; only dlib's detections near them are computed."""
         if boxes is None:
-            key = (hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest(), rgb.shape,
-                   self.upsample)
+            near_key = None if near is None else tuple(tuple(int(v) for v in b) for b in near)
+            base = (hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest(), rgb.shape,
+                    self.upsample, self.max_side)
+            key = base + (near_key,)
             with self._lock:
-                boxes = self._detections.get(key)
+                # a whole-photo detection of the same pixels serves a detection near boxes too
+                # (the caller matches faces to its boxes; refine equals the full detection there)
+                boxes = self._detections.get(key) or self._detections.get(base + (None,))
             if boxes is None:
                 t = time.perf_counter()
-                boxes = [(d.rect, d.confidence)
-                         for d in detect.detect_faces(rgb, self.models.detector, self.upsample)]
+                if near is not None:
+                    dets = detect_regions.refine(rgb, self.models.detector, list(near), self.upsample)
+                elif self.max_side:
+                    dets = detect_regions.detect_faces_bounded(rgb, self.models.detector,
+                                                               self.max_side, self.upsample)
+                else:
+                    dets = detect.detect_faces(rgb, self.models.detector, self.upsample)
+                boxes = [(d.rect, d.confidence) for d in dets]
                 self._tick("detect", t, "detections")
                 with self._lock:
                     self._detections[key] = boxes
@@ -279,8 +298,8 @@ class Evaluator:
             t = time.perf_counter()
             img = v.transform(protected if v.source == "protected" else clean)
             self._tick("transforms", t)
-            found = self.find_faces(img)
             mapped = [v.transform.map_box(f.box, img.shape) for f in faces]
+            found = self.find_faces(img, near=mapped if self.near else None)
             match = metrics.match_faces(mapped, [g.box for g in found], MIN_IOU)
             for i, j in enumerate(match):
                 box = None if j is None else [int(x) for x in found[j].box]
@@ -380,7 +399,8 @@ class Evaluator:
             notes.append("no identity label matched a clean photo with a face: no verification")
         settings = {"clean": clean_dir, "protected": protected_dir,
                     "identities": identities if isinstance(identities, str) else None,
-                    "upsample": self.upsample, "min_iou": MIN_IOU,
+                    "upsample": self.upsample, "min_iou": MIN_IOU, "max_side": self.max_side,
+                    "near": self.near,
                     "transforms": [v.name for v in self.variants if v.name != NONE],
                     "reuse_protect_records": reuse_protect_records, "workers": int(workers),
                     "budget_255": max((r["budget_255"] for r in records.values()

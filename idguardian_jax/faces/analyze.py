@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from encoders import dlib_resnet
-from idguardian_jax.faces import align, detect, landmarks
+from idguardian_jax.faces import align, detect, detect_regions, landmarks
 
 
 @dataclasses.dataclass
@@ -90,13 +90,26 @@ def face_from_landmarks(image_shape, box, score, points) -> Face:
 
 def find_faces(image: np.ndarray, models: FaceModels, upsample_num_times: int = 1,
                boxes: Sequence[tuple[int, int, int, int]] | None = None,
-               with68: bool = False) -> list[Face]:
+               with68: bool = False, max_side: int = 0,
+               near: Sequence[tuple[int, int, int, int]] | None = None) -> list[Face]:
     """Detect (unless boxes are given) and align every face in an RGB uint8 photo (H, W, 3).
 
     with68: also find dlib's 68 landmarks (needed by the arcface / facenet / clip views).
+    max_side: 0 runs the detector on the full canvas (detect.detect_faces); otherwise candidates are
+        found on a canvas of that long side and refined at full resolution
+        (detect_regions.detect_faces_bounded).
+    near: approximate boxes where faces are expected (e.g. the clean photo's, to measure a
+        protected photo): only dlib's detections near them are computed (detect_regions.refine),
+        exactly as the full canvas would give them. Landmarks are always found on the full photo.
     """
     if boxes is None:
-        dets = detect.detect_faces(image, models.detector, upsample_num_times=upsample_num_times)
+        if near is not None:
+            dets = detect_regions.refine(image, models.detector, list(near), upsample_num_times)
+        elif max_side:
+            dets = detect_regions.detect_faces_bounded(image, models.detector, int(max_side),
+                                                       upsample_num_times)
+        else:
+            dets = detect.detect_faces(image, models.detector, upsample_num_times=upsample_num_times)
         found = [(d.rect, d.confidence) for d in dets]
     else:
         found = [(tuple(b), None) for b in boxes]
