@@ -1,10 +1,14 @@
-r"""Default protection: the embedded dlib ResNet encoder, CPU-friendly.
+r"""Default protection: dlib's embedded ResNet plus every real encoder installed with
+`idguardian-models install` (mobileface, faceres, faceres_deep), attacked together with transfer
+techniques so that encoders the perturbation never saw are fooled too.
 
-  idguardian-protect --config=configs/default.py --input=photos/ --output=protected/
-  idguardian-protect --config=configs/default.py --config.budget=0.0235 ...   # 6/255
+  idguardian-protect --input=photos/ --output=protected/
+  idguardian-protect --config.budget=0.0235 ...   # 6/255
 
-Budget, steps and step size were chosen by the sweep in experiments/sweep_defaults.py on the
-photos of ../shared/faces, judged by the real dlib library (see docs/DEFAULTS.md for the table).
+Budget 8/255 (the paper's), PSNR floor 36 dB, 100 sign steps of 1/255 with momentum, input
+diversity, TI smoothing and per-encoder gradient balance: what docs/TRANSFER.md measures by
+leaving each real encoder out of the attack and judging with it. The dlib-only sweep behind the
+step size and jitter is in docs/DEFAULTS.md (experiments/sweep_defaults.py).
 """
 import ml_collections
 
@@ -13,19 +17,22 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     # L_inf budget on [0, 1] pixels (every written pixel moves by at most round(budget * 255)).
-    c.budget = 6 / 255
+    # 8/255 is the paper's budget and the largest the transfer issue allows: at 6/255 (the
+    # dlib-only default before) protection did not transfer to encoders of other families at all
+    # (docs/TRANSFER.md).
+    c.budget = 8 / 255
     # A floor on the full-photo PSNR (dB), enforced in the loop as an L2 ball and checked after
     # rounding; binds only where faces cover much of the photo. 0 turns it off.
-    c.budget_psnr = 38.5
+    c.budget_psnr = 36.0  # the floor docs/TRANSFER.md measures at (binds only on close-ups)
 
     c.attack = ml_collections.ConfigDict()
-    c.attack.steps = 50
+    c.attack.steps = 100  # transfer needs more steps than white-box dlib (50 were enough there)
     c.attack.step_size = 1 / 255
     c.attack.optimizer = "sign"       # 'sign' (PGD) or 'adam'
     c.attack.schedule = "constant"    # 'constant', 'cosine', 'linear'
     c.attack.final_fraction = 0.1     # for decaying schedules
     c.attack.random_start = False
-    c.attack.momentum = 0.0           # MI-FGSM momentum decay (sign steps); 0 = off
+    c.attack.momentum = 0.9           # MI-FGSM momentum decay (sign steps); 0 = off
     c.attack.loop = "auto"            # 'scan' (one jit), 'host' (jitted step), 'auto'
 
     c.objective = ml_collections.ConfigDict()
@@ -47,12 +54,15 @@ def get_config():
     # not computed on: input diversity (probability per view and step, largest zoom-out), TI
     # gradient smoothing (kernel side at a 112 px chip; 0 = off), per-encoder balance ('loss':
     # summed losses; 'gradient': each encoder's gradient at unit norm), feature-map dropout of
-    # the surrogates that support it (model augmentation).
+    # the surrogates that support it (model augmentation). On by default: momentum 0.9, diversity
+    # 0.7 (zoom-out up to 15%), TI 5 px, gradient balance, the transfer settings the first
+    # measurement found to matter (the ensemble alone transferred nothing); the feature loss and
+    # dropout are off (their measured effect: docs/TRANSFER.md).
     c.objective.transfer = ml_collections.ConfigDict()
-    c.objective.transfer.diversity_prob = 0.0
+    c.objective.transfer.diversity_prob = 0.7
     c.objective.transfer.diversity_scale = 0.15
-    c.objective.transfer.ti_kernel = 0
-    c.objective.transfer.balance = "loss"
+    c.objective.transfer.ti_kernel = 5
+    c.objective.transfer.balance = "gradient"
     c.objective.transfer.feature_weight = 0.0
     c.objective.transfer.dropout = 0.0
 

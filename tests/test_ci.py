@@ -11,7 +11,8 @@ def _readme_test_steps():
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     m = re.search(r"Run the tests[^\n]*\n(?:[^\n]*\n)*?```bash\n(.*?)```", text, re.S)
     assert m, "README.md has no 'Run the tests' bash block"
-    steps = [line.strip() for line in m.group(1).splitlines() if line.strip()]
+    steps = [step.strip() for line in m.group(1).splitlines() for step in line.split("&&")
+             if step.strip()]
     assert steps[0].startswith("python3 -m venv .venv"), steps
     return [s.replace(".venv/bin/", "", 1) for s in steps[1:]]
 
