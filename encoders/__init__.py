@@ -89,6 +89,13 @@ def installed() -> list[str]:
     return [e.name for e in human_models.installed_encoders()]
 
 
+def installable() -> list[str]:
+    """Registry names that `idguardian-models install` provides."""
+    from idguardian_jax.checkpoints import human_models
+
+    return [m.name for m in human_models.MODELS]
+
+
 def names() -> list[str]:
     _ensure_builtin()
     return sorted(_REGISTRY)

@@ -36,7 +36,8 @@ flags.DEFINE_string("protected", None, "Folder of protected photos (same relativ
 flags.DEFINE_string("report", None, "Folder for report.json, report.html and the CSV files.")
 flags.DEFINE_string("identities", None, "JSON {clean file: person} or CSV with columns "
                     "file,person: verification against the person's other clean photos.")
-flags.DEFINE_list("encoders", [], "Encoders to measure (default: dlib_resnet and every encoder "
+flags.DEFINE_list("encoders", [], "Encoders to measure (default: dlib_resnet, every real encoder "
+                  "installed with `idguardian-models install`, and every encoder "
                   "given a checkpoint).")
 flags.DEFINE_list("checkpoints", [], "name=path of each encoder's weights, e.g. "
                   "arcface=w600k_r50.onnx (dlib_resnet defaults to the bundled weights).")
@@ -103,12 +104,15 @@ def main(argv: list[str]) -> int:
     from idguardian_jax.evaluate import inputs, report
 
     checkpoints = _checkpoints(FLAGS.checkpoints)
-    names = list(FLAGS.encoders) or ["dlib_resnet"] + [n for n in checkpoints if n != "dlib_resnet"]
+    installed = encoder_registry.installed()
+    names = list(FLAGS.encoders) or (["dlib_resnet"] + installed
+                                     + [n for n in checkpoints if n not in ["dlib_resnet"] + installed])
     for n in names + list(checkpoints):
         if n not in encoder_registry.names():
             _usage(f"unknown encoder {n!r}; available: {', '.join(encoder_registry.names())}")
-        if n != "dlib_resnet" and n not in checkpoints:
-            _usage(f"encoder {n} needs its weights: --checkpoints={n}=PATH")
+        if n != "dlib_resnet" and n not in checkpoints and n not in installed:
+            _usage(f"encoder {n} needs its weights: --checkpoints={n}=PATH"
+                   + (" (or `idguardian-models install`)" if n in encoder_registry.installable() else ""))
     try:
         ts = evaluate.transforms.parse_list(FLAGS.transforms)
     except ValueError as e:

@@ -146,14 +146,16 @@ class Evaluator:
                  max_side: int = 1024, near: bool = True):
         checkpoints = dict(checkpoints or {})
         self.encoder_names = list(dict.fromkeys(encoders))
+        installed = encoder_registry.installed()
         for name in self.encoder_names:
             encoder_registry.get(name)  # KeyError for an unknown name
-            if name != "dlib_resnet" and not checkpoints.get(name):
+            if name != "dlib_resnet" and not checkpoints.get(name) and name not in installed:
                 raise ValueError(f"encoder {name} needs its weights: --checkpoints={name}=PATH")
         self.models = models or analyze.FaceModels.load()
         self.params = {}
         for name in self.encoder_names:
             path = checkpoints.get(name)
+            # installed real encoders load from the install folder (path None)
             self.params[name] = (self.models.resnet if name == "dlib_resnet" and not path
                                  else encoder_registry.load_params(name, path))
         self.with68 = analyze.needs_68(self.encoder_names)
