@@ -45,6 +45,9 @@ def get_config():
     c.objective.decoy_photo = ""      # pull toward this photo's face instead of away
     c.objective.cap = 0.0             # 0: no cap on the distance pushed for
     c.objective.quantize = True       # the loop sees the 8-bit photo that will be written
+    # Perturb only inside each face's hull of dlib's 68 landmarks grown by this margin (relative);
+    # -1: everywhere the views read (crop boxes). See docs/TRANSFER.md for the measured effect.
+    c.objective.face_mask_margin = -1.0
     c.objective.jitter = ml_collections.ConfigDict()
     c.objective.jitter.shift_px = 2.0     # landmarks move ~1 px (up to 6-7) when found again
     c.objective.jitter.rotation = 0.03    # radians

@@ -58,6 +58,12 @@ VARIANTS: dict[str, dict] = {
               "objective.transfer.diversity_prob": 0.7},
     "mi_di_ti": {**_BASE, **_PLAIN, "objective.transfer.balance": "gradient", "attack.momentum": 0.9,
                  "objective.transfer.diversity_prob": 0.7, "objective.transfer.ti_kernel": 5},
+    "mi_di_ti_mask": {**_BASE, **_PLAIN, "objective.transfer.balance": "gradient",
+                      "attack.momentum": 0.9, "objective.transfer.diversity_prob": 0.7,
+                      "objective.transfer.ti_kernel": 5, "objective.face_mask_margin": 0.1},
+    "mi_di_ti_feat": {**_BASE, **_PLAIN, "objective.transfer.balance": "gradient",
+                      "attack.momentum": 0.9, "objective.transfer.diversity_prob": 0.7,
+                      "objective.transfer.ti_kernel": 5, "objective.transfer.feature_weight": 1.0},
     "mi_di_ti_drop": {**_BASE, **_PLAIN, "objective.transfer.balance": "gradient",
                       "attack.momentum": 0.9, "objective.transfer.diversity_prob": 0.7,
                       "objective.transfer.ti_kernel": 5, "objective.transfer.dropout": 0.03},
@@ -143,16 +149,6 @@ def _load_photos():
     return photos
 
 
-def _prepare(prot, index, rgb, faces):
-    """Protector.prepare with the faces already found (detection once for every run)."""
-    chip_plans = prot.chip_plans(rgb, faces)
-    plan = views.plan_photo(rgb.shape[:2], chip_plans)
-    clean = prot.embeddings(rgb, chip_plans)
-    clean = {n: e[plan.arrays[n]["face"]] for n, e in clean.items()}
-    return protect._Prepared(index, rgb, faces, plan, clean,
-                             protect.photo_key(rgb, prot.config.seed), chip_plans)
-
-
 def _largest(faces):
     return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
 
@@ -193,7 +189,7 @@ def main(argv):
             cfg.objective.installed_encoders = "none"
             prot = protect.Protector(cfg, protect.Models.load(cfg, face_models))
             t = time.time()
-            prepared = [_prepare(prot, i, r, f) for i, (r, f) in enumerate(zip(rgbs, faces))]
+            prepared = [prot.prepare(i, r, f) for i, (r, f) in enumerate(zip(rgbs, faces))]
             outs = prot.run(prepared)
             protected = [prot.finish(p, outs[p.index], measure=False) for p in prepared]
             secs = (time.time() - t) / len(prepared)

@@ -413,12 +413,18 @@ class Protector:
         face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
         return self.embeddings(photo.rgb, self.chip_plans(photo.rgb, [face]))
 
-    def prepare(self, index: int, rgb: np.ndarray) -> _Prepared:
-        faces = self.find_faces(rgb)
+    def prepare(self, index: int, rgb: np.ndarray, faces=None) -> _Prepared:
+        """Find the faces (unless given), plan every view, embed the clean faces."""
+        faces = self.find_faces(rgb) if faces is None else faces
         if not faces:
             return _Prepared(index, rgb, [], None, {}, photo_key(rgb, self.config.seed))
         chip_plans = self.chip_plans(rgb, faces)
         plan = views.plan_photo(rgb.shape[:2], chip_plans)
+        margin = self.config.objective.get("face_mask_margin", -1.0)
+        if margin is not None and margin >= 0 and all(f.landmarks68 is not None for f in faces):
+            # perturb only the faces themselves (objective.face_mask_margin)
+            plan.support = plan.support * views.face_mask(
+                plan.region, [f.landmarks68 for f in faces], float(margin))
         clean = self.embeddings(rgb, chip_plans)
         # per-slot order of the plan (faces are grouped by view shape)
         clean = {n: e[plan.arrays[n]["face"]] for n, e in clean.items()}

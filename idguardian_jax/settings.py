@@ -156,6 +156,8 @@ FIELDS: dict[str, Field] = {
                                                number(0)),
     "objective.transfer.dropout": Field("feature-map dropout rate of the surrogates (model "
                                         "augmentation; 0: off)", number(0, 1, hi_open=True)),
+    "objective.face_mask_margin": Field("perturb only inside each face's landmark hull grown by "
+                                        "this margin (-1: the views' crop boxes)", number(-1)),
     "objective.decoy_photo": Field("pull toward this photo's face instead of away ('' off)", text),
     "objective.cap": Field("stop pushing past this distance (0: no cap)", number(0)),
     "objective.quantize": Field("the loop sees the 8-bit photo that will be written", boolean),

@@ -134,3 +134,40 @@ def paste_region(image: np.ndarray, region_values: np.ndarray,
     part = out[top:top + h, left:left + w]
     part[...] = region_values[:part.shape[0], :part.shape[1]]
     return out
+
+
+def _hull(points: np.ndarray) -> np.ndarray:
+    """Convex hull (counter-clockwise) of (N, 2) points, Andrew's monotone chain."""
+    pts = sorted(map(tuple, np.asarray(points, np.float64)))
+    if len(pts) <= 2:
+        return np.array(pts)
+
+    def half(seq):
+        out: list = []
+        for p in seq:
+            while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
+                                     - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
+                out.pop()
+            out.append(p)
+        return out
+
+    lower, upper = half(pts), half(reversed(pts))
+    return np.array(lower[:-1] + upper[:-1])
+
+
+def face_mask(region: tuple[int, int, int, int], landmarks68: Sequence[np.ndarray],
+              margin: float) -> np.ndarray:
+    """(height, width) float32 of the region: 1 inside each face's convex hull of dlib's 68
+    landmarks (jaw line, brows, eyes, nose, mouth) grown about its centroid by `margin`
+    (relative), 0 elsewhere. The identity lives there; hair and background are left alone."""
+    from PIL import Image, ImageDraw
+
+    top, left, h, w = region
+    img = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(img)
+    for pts in landmarks68:
+        hull = _hull(pts)
+        c = hull.mean(axis=0)
+        hull = c + (hull - c) * (1.0 + margin) - np.array([left, top], np.float64)
+        draw.polygon([tuple(p) for p in hull], fill=255)
+    return (np.asarray(img, np.float32) / 255.0 > 0.5).astype(np.float32)
