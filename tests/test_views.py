@@ -63,3 +63,23 @@ def test_jax_view_matches_dlib_chip_within_one_level():
         want = align.extract_chip(img, plan)
         diff = np.abs(chip - want)
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_face_mask_covers_the_landmark_hull_grown_by_the_margin():
+    import numpy as np
+
+    from idguardian_jax import views
+
+    # a square "face" of 68 points on a 20x20 square at (30..50, 40..60) in photo pixels
+    t = np.linspace(0, 1, 17)
+    sq = np.concatenate([np.stack([30 + 20 * t, 40 + 0 * t], 1), np.stack([50 + 0 * t, 40 + 20 * t], 1),
+                         np.stack([50 - 20 * t, 60 + 0 * t], 1), np.stack([30 + 0 * t, 60 - 20 * t], 1)])
+    region = (32, 24, 64, 64)  # top, left, h, w
+    m0 = views.face_mask(region, [sq], 0.0)
+    m5 = views.face_mask(region, [sq], 0.5)
+    assert m0.shape == (64, 64) and set(np.unique(m0)) <= {0.0, 1.0}
+    # inside: region coords of photo (40, 50) -> (row 18, col 16); outside: photo (x 10, y 10)
+    assert m0[50 - 32, 40 - 24] == 1.0 and m0[0, 0] == 0.0
+    area0, area5 = m0.sum(), m5.sum()
+    assert 380 <= area0 <= 460            # ~20 x 20
+    assert 2.0 < area5 / area0 < 2.5      # (1.5)^2 = 2.25
