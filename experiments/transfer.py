@@ -18,6 +18,7 @@ removes both from the attack.
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import os
@@ -42,6 +43,7 @@ flags.DEFINE_string("out", "/tmp/idguardian_transfer", "Output folder for tables
 flags.DEFINE_integer("limit", 0, "At most this many photos per folder (0: all).")
 flags.DEFINE_bool("redetect", True, "Find faces again on the protected photo (attacker-faithful).")
 flags.DEFINE_bool("jpeg", True, "Also judge after JPEG quality 75.")
+flags.DEFINE_string("base", "default", "The configs/ module the variants override (e.g. robust).")
 
 FAMILIES = {"faceres": ("faceres", "faceres_deep"), "faceres_deep": ("faceres", "faceres_deep")}
 
@@ -64,6 +66,9 @@ VARIANTS: dict[str, dict] = {
     "mi_di_ti_feat": {**_BASE, **_PLAIN, "objective.transfer.balance": "gradient",
                       "attack.momentum": 0.9, "objective.transfer.diversity_prob": 0.7,
                       "objective.transfer.ti_kernel": 5, "objective.transfer.feature_weight": 1.0},
+    "eps4": {"budget": 4 / 255},
+    "eps12": {"budget": 12 / 255},
+    "eps16": {"budget": 16 / 255},
     "mi_di_ti_drop": {**_BASE, **_PLAIN, "objective.transfer.balance": "gradient",
                       "attack.momentum": 0.9, "objective.transfer.diversity_prob": 0.7,
                       "objective.transfer.ti_kernel": 5, "objective.transfer.dropout": 0.03},
@@ -178,7 +183,7 @@ def main(argv):
     rows = []
     for variant in FLAGS.variants:
         for left in FLAGS.leave_out:
-            cfg = default_config.get_config()
+            cfg = importlib.import_module(f"configs.{FLAGS.base}").get_config()
             for k, v in {**VARIANTS[variant], **extra}.items():
                 _set(cfg, k, v)
             ens = tuple((n, w) for n, w in protect.encoders_of(cfg)
@@ -195,7 +200,7 @@ def main(argv):
             secs = (time.time() - t) / len(prepared)
             judge = judges[left]
             for kind in ("png", "jpeg75") if FLAGS.jpeg else ("png",):
-                ok, sims, psnrs = [], [], []
+                ok, sims, psnrs, face_psnrs = [], [], [], []
                 for i, res in enumerate(protected):
                     img = res.protected if kind == "png" else _jpeg(res.protected)
                     if FLAGS.redetect:
@@ -204,6 +209,10 @@ def main(argv):
                     else:
                         ma = faces[i][0]
                     psnrs.append(res.psnr)
+                    l, t_, r_, b_ = faces[i][0].box  # PSNR inside dlib's face box
+                    face_psnrs.append(protect.psnr(
+                        res.protected[max(t_, 0):b_ + 1, max(l, 0):r_ + 1],
+                        rgbs[i][max(t_, 0):b_ + 1, max(l, 0):r_ + 1]))
                     if ma is None:
                         ok.append(True)
                         sims.append(np.nan)
@@ -214,10 +223,12 @@ def main(argv):
                     ok.append(not bool(same.any()))
                     own = judge.same(e, clean[left][i:i + 1])[1][0, 0]
                     sims.append(1.0 - own if judge.enc.distance == "cosine" else own)
-                row = dict(variant=variant, left_out=left, attack="+".join(n for n, _ in ens),
+                row = dict(variant=variant if FLAGS.base == "default" else f"{FLAGS.base}:{variant}",
+                           left_out=left, attack="+".join(n for n, _ in ens),
                            output=kind, faces=len(ok), not_recognized=float(np.mean(ok)),
                            mean_similarity=float(np.nanmean(sims)), psnr_min=float(np.min(psnrs)),
-                           psnr_mean=float(np.mean(psnrs)), seconds_per_photo=secs,
+                           psnr_mean=float(np.mean(psnrs)),
+                           face_psnr_mean=float(np.mean(face_psnrs)), seconds_per_photo=secs,
                            budget=round(float(cfg.budget) * 255, 2), steps=int(cfg.attack.steps))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -227,12 +238,13 @@ def main(argv):
         w.writerows(rows)
     with open(os.path.join(FLAGS.out, "transfer.md"), "w") as fh:
         fh.write("| variant | left out (judge) | attack ensemble | output | faces | not recognized | "
-                 "mean similarity (dlib: distance) | PSNR min / mean | s per photo |\n")
-        fh.write("|---|---|---|---|---|---|---|---|---|\n")
+                 "mean similarity (dlib: distance) | PSNR min / mean | face PSNR | s per photo |\n")
+        fh.write("|---|---|---|---|---|---|---|---|---|---|\n")
         for r in rows:
             fh.write(f"| {r['variant']} | {r['left_out']} | {r['attack']} | {r['output']} | "
                      f"{r['faces']} | {100 * r['not_recognized']:.0f}% | {r['mean_similarity']:.3f} | "
-                     f"{r['psnr_min']:.1f} / {r['psnr_mean']:.1f} | {r['seconds_per_photo']:.1f} |\n")
+                     f"{r['psnr_min']:.1f} / {r['psnr_mean']:.1f} | {r['face_psnr_mean']:.1f} | "
+                     f"{r['seconds_per_photo']:.1f} |\n")
     print(open(os.path.join(FLAGS.out, "transfer.md")).read())
 
 
