@@ -48,7 +48,9 @@ def get_config():
     # Perturb only inside each face's hull of dlib's 68 landmarks grown by this margin (relative);
     # -1: everywhere the views read (crop boxes). Measured (docs/TRANSFER.md, mobileface left
     # out): held-out similarity 0.739 with the mask vs 0.816 without, and the PSNR floor no
-    # longer binds (37-38 dB vs 36.0): the budget goes where the identity is.
+    # longer binds (37-38 dB vs 36.0): the budget goes where the identity is. Applies when the
+    # 68 landmarks are found, i.e. with any encoder aligned InsightFace-style (the installed ones);
+    # with dlib alone the crop boxes are the support, as before.
     c.objective.face_mask_margin = 0.1
     c.objective.jitter = ml_collections.ConfigDict()
     c.objective.jitter.shift_px = 2.0     # landmarks move ~1 px (up to 6-7) when found again

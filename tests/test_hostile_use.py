@@ -320,7 +320,7 @@ def test_embed_output_unwritable_is_one_line(tmp_path):
 def test_help_lists_flags_and_config_fields_and_configs_by_name(tmp_path):
     p = _cli(["--help"], cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    for needle in ("--output", "--input_list", "--config.budget=", "--config.attack.steps=50",
+    for needle in ("--output", "--input_list", "--config.budget=", "--config.attack.steps=100",
                    "L_inf budget", "PGD steps", "robust"):
         assert needle in p.stdout, needle
     p = _cli(["-h", "--config=robust"], cwd=tmp_path)  # by name, from another folder
