@@ -17,6 +17,12 @@ OWN_CACHE_DIR = None
 if "IDGUARDIAN_CACHE_DIR" not in os.environ:
     OWN_CACHE_DIR = tempfile.mkdtemp(prefix="idguardian-test-cache-")
     os.environ["IDGUARDIAN_CACHE_DIR"] = OWN_CACHE_DIR
+# The default config adds every installed real encoder: the suite sees none (an empty models
+# folder) except in tests marked `real_encoders` (_installed_encoders_only_where_asked), so that
+# what a test does never depends on what another installed before it, whatever its scope.
+NO_MODELS_DIR = os.path.join(os.environ["IDGUARDIAN_CACHE_DIR"], "no-models")
+os.makedirs(NO_MODELS_DIR, exist_ok=True)
+os.environ["IDGUARDIAN_MODELS_DIR"] = NO_MODELS_DIR
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(os.environ["IDGUARDIAN_CACHE_DIR"], "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
@@ -45,14 +51,12 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture(autouse=True)
-def _installed_encoders_only_where_asked(request, monkeypatch, tmp_path_factory):
+def _installed_encoders_only_where_asked(request, monkeypatch):
     """The default config adds every installed real encoder. Tests see the real encoders that the
     suite installs (in the cache's models/ folder) only when marked `real_encoders`; every other
     test runs with an empty models folder, so its behaviour does not depend on test order."""
-    if request.node.get_closest_marker("real_encoders") is None:
-        monkeypatch.setenv("IDGUARDIAN_MODELS_DIR", str(tmp_path_factory.mktemp("no-models")))
-    else:
-        monkeypatch.delenv("IDGUARDIAN_MODELS_DIR", raising=False)
+    if request.node.get_closest_marker("real_encoders") is not None:
+        monkeypatch.setenv("IDGUARDIAN_MODELS_DIR", real_models_root())
     yield
 
 
