@@ -66,6 +66,7 @@ VARIANTS: dict[str, dict] = {
     "mi_di_ti_feat": {**_BASE, **_PLAIN, "objective.transfer.balance": "gradient",
                       "attack.momentum": 0.9, "objective.transfer.diversity_prob": 0.7,
                       "objective.transfer.ti_kernel": 5, "objective.transfer.feature_weight": 1.0},
+    "mobile_w3": {"objective.encoders": (("dlib_resnet", 1.0), ("mobileface", 3.0))},
     "eps4": {"budget": 4 / 255},
     "eps12": {"budget": 12 / 255},
     "eps16": {"budget": 16 / 255},
