@@ -13,14 +13,14 @@ the threshold in use (encoders' registry value). Writes a JSON table and prints 
 from __future__ import annotations
 
 import json
-import os
 
+import labelled_faces
 import numpy as np
 from absl import app, flags
 
 import encoders as encoder_registry
 from configs import default as default_config
-from idguardian_jax import images, protect
+from idguardian_jax import protect
 from idguardian_jax.faces import analyze
 
 FLAGS = flags.FLAGS
@@ -50,22 +50,7 @@ def roc(sims_same: np.ndarray, sims_diff: np.ndarray) -> dict:
 def main(argv):
     del argv
     fm = analyze.FaceModels.load()
-    photos = []
-    for i, folder in enumerate(FLAGS.photos):
-        ids = json.load(open(FLAGS.identities[i]))
-        for name, person in sorted(ids.items()):
-            if person != "multiple" and os.path.exists(os.path.join(folder, name)):
-                photos.append((os.path.join(folder, name), f"{i}:{person}"))
-    rgbs, faces, persons = [], [], []
-    for path, person in photos:
-        rgb = images.read_photo(path).rgb
-        fs = analyze.find_faces(rgb, fm, 1, with68=True)
-        if not fs:
-            print(f"{path}: no face, skipped")
-            continue
-        rgbs.append(rgb)
-        faces.append([max(fs, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))])
-        persons.append(person)
+    rgbs, faces, persons = labelled_faces.load(FLAGS.photos, FLAGS.identities, fm)
     persons = np.array(persons)
     iu = np.triu_indices(len(persons), 1)
     same = persons[iu[0]] == persons[iu[1]]

@@ -24,14 +24,16 @@ import json
 import os
 import time
 
+import labelled_faces
 import numpy as np
 from absl import app, flags
 from PIL import Image
 
 import encoders as encoder_registry
 from configs import default as default_config
-from idguardian_jax import images, protect, views
-from idguardian_jax.faces import align, analyze
+from idguardian_jax import protect
+from idguardian_jax.faces import analyze
+from idguardian_jax.losses import identity
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("photos", [], "Folders of photos (each with identities).")
@@ -125,14 +127,9 @@ class Judge:
         plans = self.prot.chip_plans(rgb, faces)
         return self.prot.embeddings(rgb, plans)[self.name]
 
-    def same(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Boolean (len(a), len(b)): recognized as the same person."""
-        if self.enc.distance == "euclidean":
-            d = np.linalg.norm(a[:, None] - b[None], axis=-1)
-        else:
-            an = a / np.linalg.norm(a, axis=-1, keepdims=True)
-            bn = b / np.linalg.norm(b, axis=-1, keepdims=True)
-            d = 1.0 - an @ bn.T
+    def same(self, a: np.ndarray, b: np.ndarray):
+        """(recognized as the same person, distance), each (len(a), len(b))."""
+        d = np.asarray(identity.embedding_distance(a[:, None], b[None], self.enc.distance))
         return d < self.enc.threshold, d
 
 
@@ -142,40 +139,14 @@ def _jpeg(rgb, quality=75):
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
-def _load_photos():
-    photos = []
-    for i, folder in enumerate(FLAGS.photos):
-        ids = json.load(open(FLAGS.identities[i])) if i < len(FLAGS.identities) else {}
-        names = sorted(n for n, p in ids.items() if p != "multiple"
-                       and os.path.exists(os.path.join(folder, n)))
-        if FLAGS.limit:
-            names = names[:FLAGS.limit]
-        for n in names:
-            photos.append((os.path.join(folder, n), f"{i}:{ids[n]}"))
-    return photos
-
-
-def _largest(faces):
-    return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-
-
 def main(argv):
     del argv
     os.makedirs(FLAGS.out, exist_ok=True)
     face_models = analyze.FaceModels.load()
     installed = ["dlib_resnet"] + _installed()
-    photos = _load_photos()
     t0 = time.time()
-    rgbs, faces, persons = [], [], []
-    for path, person in photos:
-        rgb = images.read_photo(path).rgb
-        fs = analyze.find_faces(rgb, face_models, 1, with68=True)
-        if not fs:
-            print(f"{path}: no face, skipped")
-            continue
-        rgbs.append(rgb)
-        faces.append([_largest(fs)])
-        persons.append(person)
+    rgbs, faces, persons = labelled_faces.load(FLAGS.photos, FLAGS.identities, face_models,
+                                               FLAGS.limit)
     print(f"{len(rgbs)} photos, faces found in {time.time() - t0:.1f} s")
     judges = {n: Judge(n, face_models) for n in FLAGS.leave_out}
     clean = {n: np.concatenate([j.embed(r, f) for r, f in zip(rgbs, faces)]) for n, j in judges.items()}
