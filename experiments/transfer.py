@@ -75,6 +75,12 @@ VARIANTS: dict[str, dict] = {
     "mi_di_ti_drop": {**_BASE, **_PLAIN, "objective.transfer.balance": "gradient",
                       "attack.momentum": 0.9, "objective.transfer.diversity_prob": 0.7,
                       "objective.transfer.ti_kernel": 5, "objective.transfer.dropout": 0.03},
+    # on top of the default
+    "drop10": {"objective.transfer.dropout": 0.1},
+    "ti11": {"objective.transfer.ti_kernel": 11},
+    "steps200": {"attack.steps": 200, "attack.step_size": 0.5 / 255},
+    "eot_resize": {"objective.eot.resize_scale": (0.5, 0.9), "objective.eot.p_identity": 0.3},
+    "decoy_obama": {"objective.decoy_photo": "../shared/faces/obama.jpg"},
 }
 
 

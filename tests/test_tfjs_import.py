@@ -311,3 +311,28 @@ def test_strided_depthwise_and_pointwise_match_numpy(tmp_path, rng, padding, exp
     p = np_conv(d, pw, stride=2, pad=pads(*d.shape[1:3], 1))
     np.testing.assert_allclose(np.asarray(tfjs.apply(params, x, "d")), d, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(tfjs.apply(params, x, "p")), p, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,dil,pads", [(1, 1, ((1, 1), (1, 1))), (2, 1, ((0, 1), (0, 1))),
+                                             (2, 1, ((1, 1), (2, 0))), (1, 2, ((2, 2), (2, 2))),
+                                             (2, 1, ((0, 0), (0, 0))), (3, 1, ((1, 0), (0, 1)))])
+def test_depthwise_vjp_matches_grouped_convolution(stride, dil, pads):
+    """The written-out VJP of depthwise_taps (input and kernel cotangents) against JAX's own
+    gradient of lax's grouped convolution, on odd sizes where strides leave rows unread."""
+    k = jax.random.key(3)
+    x = jax.random.normal(k, (2, 11, 10, 3))
+    w = jax.random.normal(jax.random.fold_in(k, 1), (3, 3, 3))
+
+    def ref(x, w):
+        y = jax.lax.conv_general_dilated(
+            x, w[:, :, None, :], (stride, stride), pads, rhs_dilation=(dil, dil),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=3,
+            precision=jax.lax.Precision.HIGHEST)
+        return jnp.sum(jnp.sin(y))
+
+    def ours(x, w):
+        return jnp.sum(jnp.sin(tfjs.depthwise_taps(x, w, pads, (stride, stride), (dil, dil))))
+
+    assert np.isclose(float(ours(x, w)), float(ref(x, w)), rtol=1e-5)
+    for got, want in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(ref, (0, 1))(x, w)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
