@@ -72,6 +72,10 @@ def get_config():
     c.objective.transfer.balance = "gradient"
     c.objective.transfer.feature_weight = 0.0
     c.objective.transfer.dropout = 0.0
+    # balance='threshold' only: the goal past each encoder's threshold (relative) and the share
+    # of the step an encoder keeps once it is reached
+    c.objective.transfer.threshold_margin = 0.25
+    c.objective.transfer.threshold_floor = 0.1
 
     # Expectation over transformation (configs/robust.py turns it on): per step, one random
     # differentiable post-processing, strength uniform in the (low, high) range; () = off.

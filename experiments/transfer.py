@@ -45,6 +45,7 @@ flags.DEFINE_string("out", "/tmp/idguardian_transfer", "Output folder for tables
 flags.DEFINE_integer("limit", 0, "At most this many photos per folder (0: all).")
 flags.DEFINE_bool("redetect", True, "Find faces again on the protected photo (attacker-faithful).")
 flags.DEFINE_bool("jpeg", True, "Also judge after JPEG quality 75.")
+flags.DEFINE_bool("whitebox", False, "Attack with every installed encoder (the judges too).")
 flags.DEFINE_string("base", "default", "The configs/ module the variants override (e.g. robust).")
 
 FAMILIES = {"faceres": ("faceres", "faceres_deep"), "faceres_deep": ("faceres", "faceres_deep")}
@@ -81,6 +82,8 @@ VARIANTS: dict[str, dict] = {
     "steps200": {"attack.steps": 200, "attack.step_size": 0.5 / 255},
     "eot_resize": {"objective.eot.resize_scale": (0.5, 0.9), "objective.eot.p_identity": 0.3},
     "decoy_obama": {"objective.decoy_photo": "../shared/faces/obama.jpg"},
+    "mask30": {"objective.face_mask_margin": 0.3},
+    "thr": {"objective.transfer.balance": "threshold"},
 }
 
 
@@ -158,24 +161,28 @@ def main(argv):
     clean = {n: np.concatenate([j.embed(r, f) for r, f in zip(rgbs, faces)]) for n, j in judges.items()}
     persons_a = np.array(persons)
     extra = _parse_set(FLAGS.set)
-    rows = []
+    rows, done = [], {}
     for variant in FLAGS.variants:
         for left in FLAGS.leave_out:
             cfg = importlib.import_module(f"configs.{FLAGS.base}").get_config()
             for k, v in {**VARIANTS[variant], **extra}.items():
                 _set(cfg, k, v)
             ens = tuple((n, w) for n, w in protect.encoders_of(cfg)
-                        if n in installed and n not in _family(left))
+                        if n in installed and (FLAGS.whitebox or n not in _family(left)))
             if not ens:
                 continue
             cfg.objective.encoders = ens
             cfg.objective.installed_encoders = "none"
-            prot = protect.Protector(cfg, protect.Models.load(cfg, face_models))
-            t = time.time()
-            prepared = [prot.prepare(i, r, f) for i, (r, f) in enumerate(zip(rgbs, faces))]
-            outs = prot.run(prepared)
-            protected = [prot.finish(p, outs[p.index], measure=False) for p in prepared]
-            secs = (time.time() - t) / len(prepared)
+            if (variant, ens) in done:  # --whitebox: one attack, every judge
+                protected, secs = done[(variant, ens)]
+            else:
+                prot = protect.Protector(cfg, protect.Models.load(cfg, face_models))
+                t = time.time()
+                prepared = [prot.prepare(i, r, f) for i, (r, f) in enumerate(zip(rgbs, faces))]
+                outs = prot.run(prepared)
+                protected = [prot.finish(p, outs[p.index], measure=False) for p in prepared]
+                secs = (time.time() - t) / len(prepared)
+                done[(variant, ens)] = protected, secs
             judge = judges[left]
             for kind in ("png", "jpeg75") if FLAGS.jpeg else ("png",):
                 ok, sims, psnrs, face_psnrs = [], [], [], []

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import encoders as encoder_registry
 from idguardian_jax import objective, parallel
 from idguardian_jax.attack import pgd, transfer
 from idguardian_jax.losses import deflection
@@ -60,10 +61,13 @@ def _identity_direction(params, x, arrays, clean, decoy, groups, cfg: EngineConf
 
     balance 'loss': the gradient of the summed loss. balance 'gradient': each encoder's (and the
     baseline's) gradient normalized to unit L2 norm over the region, then weighted and summed, so
-    that no surrogate dominates the step (idguardian_jax.attack.transfer)."""
+    that no surrogate dominates the step (idguardian_jax.attack.transfer). 'threshold': the same,
+    each encoder's unit gradient further weighted by how far it still is from its own threshold
+    (transfer.threshold_weight), so the step goes to the encoders that still recognize the face."""
     ocfg = cfg.objective
     names = [(n, w) for n, w in ocfg.encoders if n in params and w != 0.0]
-    if ocfg.transfer.balance != "gradient" or len(names) + (ocfg.baseline is not None) < 2:
+    balanced = ocfg.transfer.balance in ("gradient", "threshold")
+    if not balanced or len(names) + (ocfg.baseline is not None) < 2:
         return jax.value_and_grad(_loss_fn(params, x, arrays, clean, decoy, groups, cfg))
 
     def direction(delta, key):
@@ -72,7 +76,12 @@ def _identity_direction(params, x, arrays, clean, decoy, groups, cfg: EngineConf
             f = functools.partial(objective.encoder_loss, name, x01=x, arrays=arrays, clean=clean,
                                   decoy=decoy, params=params, key=key, groups=groups, cfg=ocfg)
             l, gi = jax.value_and_grad(f)(delta)
-            loss, g = loss + weight * l, g + weight * transfer.unit(gi)
+            w = weight
+            if ocfg.transfer.balance == "threshold" and ocfg.objective == "away":
+                w = weight * transfer.threshold_weight(-l, encoder_registry.get(name).threshold,
+                                                       ocfg.transfer.threshold_margin,
+                                                       ocfg.transfer.threshold_floor)
+            loss, g = loss + weight * l, g + w * transfer.unit(gi)
         if ocfg.baseline is not None:
             f = functools.partial(objective.baseline_loss, x01=x, arrays=arrays, clean=clean,
                                   params=params, key=key, groups=groups, cfg=ocfg)
@@ -89,7 +98,7 @@ def _direction_fn(params, x, arrays, clean, decoy, groups, cfg: EngineConfig):
     the deflection direction, each normalized over the photo (Algorithm 1). The deflection is
     computed on each face's CLIP view (the image IP-Adapter reads) and pulled back to the photo
     through the view's vector-Jacobian product."""
-    balanced = cfg.objective.transfer.balance == "gradient"
+    balanced = cfg.objective.transfer.balance in ("gradient", "threshold")
     if cfg.deflection is None:
         if not balanced:
             return None

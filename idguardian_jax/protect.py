@@ -90,7 +90,9 @@ def _transfer_config(o) -> transfer.TransferConfig:
     return transfer.TransferConfig(
         diversity_prob=float(t.diversity_prob), diversity_scale=float(t.diversity_scale),
         ti_kernel=int(t.ti_kernel), balance=str(t.balance),
-        feature_weight=float(t.get("feature_weight", 0.0)), dropout=float(t.get("dropout", 0.0)))
+        feature_weight=float(t.get("feature_weight", 0.0)), dropout=float(t.get("dropout", 0.0)),
+        threshold_margin=float(t.get("threshold_margin", 0.25)),
+        threshold_floor=float(t.get("threshold_floor", 0.1)))
 
 
 def _baseline_config(config):

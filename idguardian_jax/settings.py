@@ -151,7 +151,13 @@ FIELDS: dict[str, Field] = {
     "objective.transfer.ti_kernel": Field("translation-invariant gradient smoothing: kernel side "
                                           "at a 112 px chip, odd (0: off)", _odd_or_zero),
     "objective.transfer.balance": Field("'loss': summed losses; 'gradient': each encoder's "
-                                        "gradient at unit norm", choice("loss", "gradient")),
+                                        "gradient at unit norm; 'threshold': unit gradients "
+                                        "weighted by the distance still to each threshold",
+                                        choice("loss", "gradient", "threshold")),
+    "objective.transfer.threshold_margin": Field("balance 'threshold': goal past each encoder's "
+                                                 "threshold (relative)", number(0)),
+    "objective.transfer.threshold_floor": Field("balance 'threshold': share of the step kept by "
+                                                "an encoder past its goal", number(0, 1)),
     "objective.transfer.feature_weight": Field("weight of the mid-network feature loss (0: off)",
                                                number(0)),
     "objective.transfer.dropout": Field("feature-map dropout rate of the surrogates (model "

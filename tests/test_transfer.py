@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+import encoders
 from idguardian_jax.attack import pgd, transfer
 
 
@@ -69,6 +70,17 @@ def test_unit_and_bad_settings():
         transfer.TransferConfig(balance="max")
     with pytest.raises(ValueError, match="momentum"):
         pgd.PGDConfig(momentum=1.0)
+    with pytest.raises(ValueError, match="threshold_floor"):
+        transfer.TransferConfig(balance="threshold", threshold_floor=1.5)
+
+
+def test_threshold_weight_falls_from_one_to_the_floor_at_the_goal():
+    # threshold 0.6, margin 0.25: goal 0.75
+    w = [float(transfer.threshold_weight(jnp.float32(d), 0.6, 0.25, 0.1))
+         for d in (0.0, 0.375, 0.7, 0.75, 2.0)]
+    np.testing.assert_allclose(w, [1.0, 0.5, 0.1, 0.1, 0.1], atol=1e-6)
+    # the weight carries no gradient (it scales an encoder's unit gradient, it is not a loss)
+    assert float(jax.grad(lambda d: transfer.threshold_weight(d, 0.6, 0.25, 0.1))(0.3)) == 0.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -135,3 +147,19 @@ def test_gradient_balance_is_the_sum_of_unit_encoder_gradients(installed, faces_
     plain = jax.grad(engine._loss_fn(prot.models.params, x, arrays, clean, decoy, groups, prot.cfg))(delta, key)
     cos = float(jnp.sum(plain * g) / jnp.linalg.norm(plain) / jnp.linalg.norm(g))
     assert cos < 0.99
+    # balance 'threshold': each unit gradient also scaled by the distance still to its goal
+    cfg.objective.transfer.balance = "threshold"
+    prot_t = protect.Protector(cfg)
+    direction = engine._identity_direction(prot_t.models.params, x, arrays, clean, decoy, groups,
+                                           prot_t.cfg)
+    _, g_t = jax.jit(direction)(delta, key)
+    want_t = 0.0
+    for name, w in (("dlib_resnet", 1.0), ("mobileface", 2.0)):
+        f = functools.partial(objective.encoder_loss, name, x01=x, arrays=arrays, clean=clean,
+                              decoy=decoy, params=prot.models.params, key=key, groups=groups,
+                              cfg=prot_t.cfg.objective)
+        l, gi = jax.jit(jax.value_and_grad(f))(delta)
+        enc_w = transfer.threshold_weight(-l, encoders.get(name).threshold, 0.25, 0.1)
+        assert 0.1 <= float(enc_w) < 1.0  # the random start moved both a little
+        want_t = want_t + w * enc_w * gi / jnp.linalg.norm(gi)
+    assert float(jnp.linalg.norm(g_t - want_t) / jnp.linalg.norm(want_t)) < 1e-2

@@ -16,7 +16,9 @@ Each is a switch of `TransferConfig` (configs: `objective.transfer.*`), pure and
   idguardian_jax.attack.pgd.PGDConfig since it is the optimizer's state).
 - **per-encoder balance**: each encoder's gradient is normalized to unit L2 norm over the region
   before the weighted sum (`balance='gradient'`), so no encoder dominates the sign of the step;
-  'loss' sums the raw losses (the classic ensemble).
+  'loss' sums the raw losses (the classic ensemble); 'threshold' also scales each unit gradient by
+  how far the encoder still is from its own threshold (`threshold_weight`), so encoders already
+  fooled yield the step to those that are not.
 - **feature-level loss** (`feature_weight`): see idguardian_jax.losses.identity and the encoders
   that expose intermediate features.
 - **model augmentation** (`dropout`): surrogates whose graphs support it drop feature-map units at
@@ -41,6 +43,8 @@ class TransferConfig:
     balance: str = "loss"
     feature_weight: float = 0.0
     dropout: float = 0.0
+    threshold_margin: float = 0.25
+    threshold_floor: float = 0.1
 
     def __post_init__(self):
         if not 0.0 <= self.diversity_prob <= 1.0:
@@ -49,8 +53,12 @@ class TransferConfig:
             raise ValueError(f"diversity_scale must be >= 0, got {self.diversity_scale}")
         if self.ti_kernel < 0 or (self.ti_kernel and self.ti_kernel % 2 == 0):
             raise ValueError(f"ti_kernel must be 0 (off) or an odd size, got {self.ti_kernel}")
-        if self.balance not in ("loss", "gradient"):
-            raise ValueError(f"balance must be 'loss' or 'gradient', got {self.balance!r}")
+        if self.balance not in ("loss", "gradient", "threshold"):
+            raise ValueError(f"balance must be 'loss', 'gradient' or 'threshold', got {self.balance!r}")
+        if self.threshold_margin < 0:
+            raise ValueError(f"threshold_margin must be >= 0, got {self.threshold_margin}")
+        if not 0.0 <= self.threshold_floor <= 1.0:
+            raise ValueError(f"threshold_floor must be in [0, 1], got {self.threshold_floor}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -143,6 +151,19 @@ def momentum_transform(decay: float) -> optax.GradientTransformation:
         return m, optax.TraceState(trace=m)
 
     return optax.GradientTransformation(init, update)
+
+
+def threshold_weight(distance: jax.Array, threshold: float, margin: float,
+                     floor: float) -> jax.Array:
+    """How much of the step an encoder still needs, in [floor, 1] (balance='threshold').
+
+    distance: the encoder's current distance to the clean face (its mean over faces); the goal is
+    `threshold * (1 + margin)` (past the same-person threshold with a relative margin): weight 1 at
+    distance 0, falling linearly to `floor` at the goal and staying there (an encoder already
+    fooled keeps a small share, so it stays fooled)."""
+    goal = threshold * (1.0 + margin)
+    w = (goal - jax.lax.stop_gradient(distance)) / goal
+    return jnp.clip(w, floor, 1.0)
 
 
 def unit(g: jax.Array) -> jax.Array:
