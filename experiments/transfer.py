@@ -84,6 +84,7 @@ VARIANTS: dict[str, dict] = {
     "decoy_obama": {"objective.decoy_photo": "../shared/faces/obama.jpg"},
     "mask30": {"objective.face_mask_margin": 0.3},
     "thr": {"objective.transfer.balance": "threshold"},
+    "flip": {"objective.transfer.flip_prob": 0.5},
 }
 
 

@@ -83,7 +83,8 @@ def photo_views(x255: jax.Array, arrays: dict, groups: tuple[ViewGroup, ...], ke
     idguardian_jax.attack.transfer).
     """
     chips, at = [], 0
-    diverse = key is not None and transfer is not None and transfer.diversity_prob > 0
+    diverse = key is not None and transfer is not None and (transfer.diversity_prob > 0
+                                                             or transfer.flip_prob > 0)
     for gi, g in enumerate(groups):
         sl = slice(at, at + g.count)
         at += g.count
@@ -99,7 +100,8 @@ def photo_views(x255: jax.Array, arrays: dict, groups: tuple[ViewGroup, ...], ke
         if diverse:
             keys = jax.random.split(jax.random.fold_in(key, 0xD1 + 0x100 * gi), g.count)
             affine = jax.vmap(lambda a, k: transfer_lib.diversity_affine(
-                a, k, g.rows, g.cols, transfer.diversity_prob, transfer.diversity_scale))(affine, keys)
+                a, k, g.rows, g.cols, transfer.diversity_prob, transfer.diversity_scale,
+                transfer.flip_prob))(affine, keys)
         sample = functools.partial(warp.sample_view, window=g.window, n_down=g.n_down,
                                    rows=g.rows, cols=g.cols, rounding=rounding)
         c = jax.vmap(sample, in_axes=(None, 0, 0, 0))(

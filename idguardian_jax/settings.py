@@ -154,6 +154,8 @@ FIELDS: dict[str, Field] = {
                                         "gradient at unit norm; 'threshold': unit gradients "
                                         "weighted by the distance still to each threshold",
                                         choice("loss", "gradient", "threshold")),
+    "objective.transfer.flip_prob": Field("input diversity: probability per view and step of a "
+                                          "mirrored chip", number(0, 1)),
     "objective.transfer.threshold_margin": Field("balance 'threshold': goal past each encoder's "
                                                  "threshold (relative)", number(0)),
     "objective.transfer.threshold_floor": Field("balance 'threshold': share of the step kept by "

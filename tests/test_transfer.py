@@ -28,6 +28,18 @@ def test_diversity_off_is_identity_and_on_zooms_out_inside_the_margin():
         assert float(jnp.max(jnp.abs(shift))) <= (u - 1) / 2 * 111 + 1e-3
 
 
+def test_flip_mirrors_the_chip_columns():
+    a = _affine()
+    b = transfer.diversity_affine(a, jax.random.key(0), 100, 112, 0.0, 0.2, flip_prob=1.0)
+    for col, row in ((0, 0), (111, 7), (30, 99)):
+        np.testing.assert_allclose(b @ jnp.array([col, row, 1.0]),
+                                   a @ jnp.array([111 - col, row, 1.0]), atol=1e-4)
+    flipped = [float(jnp.linalg.det(transfer.diversity_affine(a, jax.random.key(i), 112, 112, 0.0,
+                                                              0.2, flip_prob=0.5)[:, :2])) < 0
+               for i in range(40)]
+    assert 5 < sum(flipped) < 35  # about half the draws mirror
+
+
 def test_ti_forward_is_identity_backward_is_the_blurred_gradient():
     x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
     w = jnp.zeros((2, 16, 16, 3)).at[0, 8, 8, 1].set(1.0)

@@ -45,6 +45,7 @@ class TransferConfig:
     dropout: float = 0.0
     threshold_margin: float = 0.25
     threshold_floor: float = 0.1
+    flip_prob: float = 0.0
 
     def __post_init__(self):
         if not 0.0 <= self.diversity_prob <= 1.0:
@@ -55,6 +56,8 @@ class TransferConfig:
             raise ValueError(f"ti_kernel must be 0 (off) or an odd size, got {self.ti_kernel}")
         if self.balance not in ("loss", "gradient", "threshold"):
             raise ValueError(f"balance must be 'loss', 'gradient' or 'threshold', got {self.balance!r}")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
         if self.threshold_margin < 0:
             raise ValueError(f"threshold_margin must be >= 0, got {self.threshold_margin}")
         if not 0.0 <= self.threshold_floor <= 1.0:
@@ -67,22 +70,27 @@ class TransferConfig:
 # Input diversity
 # ------------------------------------------------------------------------------------------
 def diversity_affine(affine: jax.Array, key: jax.Array, rows: int, cols: int, prob: float,
-                     scale: float) -> jax.Array:
+                     scale: float, flip_prob: float = 0.0) -> jax.Array:
     """With probability `prob`, zoom the chip's footprint out by u in [1, 1 + scale] about its
-    centre and shift it by up to the freed margin ((u - 1) / 2 of the chip each way).
+    centre and shift it by up to the freed margin ((u - 1) / 2 of the chip each way); with
+    probability `flip_prob`, also mirror the chip left-right (the encoder then reads the mirrored
+    face: nearly the same identity to it, a different function of the pixels).
 
     affine: (2, 3) chip (col, row, 1) -> level (x, y). Returns the same shape.
     """
-    kp, ku, kt = jax.random.split(key, 3)
+    kp, ku, kt, kf = jax.random.split(key, 4)
     on = jax.random.uniform(kp, ()) < prob
     u = 1.0 + jax.random.uniform(ku, (), minval=0.0, maxval=scale)
     u = jnp.where(on, u, 1.0)
     margin = (u - 1.0) / 2.0 * jnp.array([cols - 1, rows - 1], jnp.float32)
     t = jax.random.uniform(kt, (2,), minval=-1.0, maxval=1.0) * margin
     c = jnp.array([(cols - 1) / 2.0, (rows - 1) / 2.0], jnp.float32)
-    # chip point p -> c + u (p - c) + t, then the original affine
-    lin = affine[:, :2] * u
-    off = affine[:, :2] @ (c - u * c + t) + affine[:, 2]
+    # mirror: chip column col -> (cols - 1) - col
+    f = jnp.where(jax.random.uniform(kf, ()) < flip_prob, -1.0, 1.0)
+    # chip point p -> c + u (F (p - c)) + t with F = diag(f, 1), then the original affine
+    fu = jnp.array([1.0, 0.0], jnp.float32) * (f - 1.0) + 1.0  # (f, 1)
+    lin = affine[:, :2] * (u * fu)[None, :]
+    off = affine[:, :2] @ (c - u * fu * c + t) + affine[:, 2]
     return jnp.concatenate([lin, off[:, None]], axis=1)
 
 
