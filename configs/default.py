@@ -73,6 +73,7 @@ def get_config():
     c.objective.transfer.feature_weight = 0.0
     c.objective.transfer.dropout = 0.0
     c.objective.transfer.flip_prob = 0.0  # mirrored views (input diversity)
+    c.objective.transfer.linear_backward = 0.0  # LinBP on the TF.js surrogates' last activations
     # balance='threshold' only: the goal past each encoder's threshold (relative) and the share
     # of the step an encoder keeps once it is reached
     c.objective.transfer.threshold_margin = 0.25

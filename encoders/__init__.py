@@ -38,8 +38,9 @@ class Encoder:
     to_tree: Callable[[Any], Any] = lambda params: (params, {})
     from_tree: Callable[[Any, Any], Any] = lambda tree, meta: tree
     template_margin: float = 0.0
-    # apply_augmented(params, chips, key, rate) -> embeddings of a randomly thinned network
-    # (feature-map dropout; model augmentation for transfer), or None where not supported.
+    # apply_augmented(params, chips, key, rate, linear_backward=0.0) -> embeddings of a randomly
+    # thinned network (feature-map dropout; model augmentation for transfer) whose last
+    # activations may be linear in the backward pass (LinBP), or None where not supported.
     apply_augmented: Callable[..., Any] | None = None
     # features(params, chips) -> (N, h, w, c) intermediate feature map (a mid-network layer) for
     # feature-level transfer losses, or None where not exposed.

@@ -79,10 +79,13 @@ def _apply(spec: human_models.ModelSpec, colour: str, params: tfjs.GraphParams,
 
 
 def _apply_augmented(spec: human_models.ModelSpec, colour: str, params: tfjs.GraphParams,
-                     chips: jax.Array, key: jax.Array, rate: float) -> jax.Array:
-    """_apply through a randomly thinned network (tfjs.Dropout; model augmentation)."""
+                     chips: jax.Array, key: jax.Array, rate: float,
+                     linear_backward: float = 0.0) -> jax.Array:
+    """_apply through a randomly thinned network (tfjs.Dropout; model augmentation) and/or with
+    the last `linear_backward` fraction of its activations linear in the backward pass (LinBP)."""
     return tfjs.apply(params, preprocess(chips, colour), spec.output,
-                      dropout=tfjs.Dropout(key, rate))
+                      dropout=tfjs.Dropout(key, rate) if rate > 0 else None,
+                      linear_backward=linear_backward)
 
 
 # Mid-network feature maps for the feature-level loss (attack/transfer.py): the end of

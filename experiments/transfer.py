@@ -85,6 +85,7 @@ VARIANTS: dict[str, dict] = {
     "mask30": {"objective.face_mask_margin": 0.3},
     "thr": {"objective.transfer.balance": "threshold"},
     "flip": {"objective.transfer.flip_prob": 0.5},
+    "linbp50": {"objective.transfer.linear_backward": 0.5},
 }
 
 

@@ -147,10 +147,13 @@ def photo_embeddings(x01, arrays, groups, params, key, cfg: ObjectiveConfig, jit
 
 
 def _apply(enc, params, chips, key, transfer: transfer_lib.TransferConfig):
-    """The encoder on its chips; in the loop (key given), a randomly thinned surrogate where the
-    encoder supports feature dropout (model augmentation)."""
-    if key is not None and transfer.dropout > 0 and enc.apply_augmented is not None:
-        return enc.apply_augmented(params, chips, jax.random.fold_in(key, 0xD0), transfer.dropout)
+    """The encoder on its chips; in the loop (key given), a randomly thinned surrogate and/or one
+    with a linear backward pass at its end, where the encoder supports them (transfer.dropout,
+    transfer.linear_backward)."""
+    augmented = transfer.dropout > 0 or transfer.linear_backward > 0
+    if key is not None and augmented and enc.apply_augmented is not None:
+        return enc.apply_augmented(params, chips, jax.random.fold_in(key, 0xD0), transfer.dropout,
+                                   transfer.linear_backward)
     return enc.apply(params, chips)
 
 

@@ -93,7 +93,8 @@ def _transfer_config(o) -> transfer.TransferConfig:
         feature_weight=float(t.get("feature_weight", 0.0)), dropout=float(t.get("dropout", 0.0)),
         threshold_margin=float(t.get("threshold_margin", 0.25)),
         threshold_floor=float(t.get("threshold_floor", 0.1)),
-        flip_prob=float(t.get("flip_prob", 0.0)))
+        flip_prob=float(t.get("flip_prob", 0.0)),
+        linear_backward=float(t.get("linear_backward", 0.0)))
 
 
 def _baseline_config(config):

@@ -154,6 +154,9 @@ FIELDS: dict[str, Field] = {
                                         "gradient at unit norm; 'threshold': unit gradients "
                                         "weighted by the distance still to each threshold",
                                         choice("loss", "gradient", "threshold")),
+    "objective.transfer.linear_backward": Field("fraction of the surrogates' last activations "
+                                                "with a linear backward pass (LinBP; 0: off)",
+                                                number(0, 1)),
     "objective.transfer.flip_prob": Field("input diversity: probability per view and step of a "
                                           "mirrored chip", number(0, 1)),
     "objective.transfer.threshold_margin": Field("balance 'threshold': goal past each encoder's "

@@ -254,6 +254,31 @@ def test_maximum_minimum_relu_gradients_follow_tensorflow(tmp_path):
         np.testing.assert_array_equal(np.asarray(g).ravel(), want, err_msg=out)
 
 
+def test_linear_backward_keeps_values_and_linearizes_the_last_activations(tmp_path):
+    """LinBP: forward exact; the last fraction of activations pass the gradient unchanged."""
+    m = ModelWriter()
+    m.node("x", "Placeholder", [])
+    m.const("six", np.full((1, 1, 1, 3), 6.0, np.float32))
+    m.node("r1", "Relu", ["x"])
+    m.node("m1", "Mul", ["r1", "six"])
+    m.node("r2", "Relu", ["m1"])
+    m.node("c2", "Minimum", ["r2", "six"])
+    params = _read(tmp_path, m, ["c2"])
+    x = np.array([-1.0, 0.5, 2.0], np.float32).reshape(1, 1, 1, 3)
+    exact = tfjs.apply(params, x, "c2")
+    np.testing.assert_array_equal(np.asarray(exact).ravel(), [0.0, 3.0, 6.0])
+
+    def grad(frac):
+        out = tfjs.apply(params, x, "c2", linear_backward=frac)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(exact))
+        return np.asarray(jax.grad(
+            lambda x: jnp.sum(tfjs.apply(params, x, "c2", linear_backward=frac)))(x)).ravel()
+
+    np.testing.assert_array_equal(grad(0.0), [0, 6, 0])      # TF's gradient
+    np.testing.assert_array_equal(grad(1 / 3), [0, 6, 6])    # the Minimum (last of 3) linear
+    np.testing.assert_array_equal(grad(1.0), [6, 6, 6])      # all three linear
+
+
 def test_unknown_op_names_op_and_node(tmp_path, rng):
     params, _ = _conv_net(rng, tmp_path)
     x = np.zeros((1, 9, 8, 3), np.float32)

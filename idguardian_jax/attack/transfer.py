@@ -23,6 +23,8 @@ Each is a switch of `TransferConfig` (configs: `objective.transfer.*`), pure and
   that expose intermediate features.
 - **model augmentation** (`dropout`): surrogates whose graphs support it drop feature-map units at
   random each step (DFANet-style), a new surrogate per step.
+- **linear backpropagation** (`linear_backward`, LinBP, Guo et al. 2020): the last fraction of a
+  surrogate's activations pass the gradient through as if they were linear (forward unchanged).
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class TransferConfig:
     threshold_margin: float = 0.25
     threshold_floor: float = 0.1
     flip_prob: float = 0.0
+    linear_backward: float = 0.0
 
     def __post_init__(self):
         if not 0.0 <= self.diversity_prob <= 1.0:
@@ -56,6 +59,8 @@ class TransferConfig:
             raise ValueError(f"ti_kernel must be 0 (off) or an odd size, got {self.ti_kernel}")
         if self.balance not in ("loss", "gradient", "threshold"):
             raise ValueError(f"balance must be 'loss', 'gradient' or 'threshold', got {self.balance!r}")
+        if not 0.0 <= self.linear_backward <= 1.0:
+            raise ValueError(f"linear_backward must be in [0, 1], got {self.linear_backward}")
         if not 0.0 <= self.flip_prob <= 1.0:
             raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
         if self.threshold_margin < 0:

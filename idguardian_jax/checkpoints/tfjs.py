@@ -576,16 +576,29 @@ class Dropout:
 _CONV_OPS = ("Conv2D", "DepthwiseConv2dNative", "_FusedConv2D", "_FusedDepthwiseConv2dNative")
 
 
+_ACTIVATION_OPS = ("Relu", "Relu6", "Maximum", "Minimum")
+
+
 def evaluate(params: GraphParams, feeds: Mapping[str, jax.Array], outputs: Sequence[str],
-             dtype=jnp.float32, dropout: Dropout | None = None) -> list[jax.Array]:
+             dtype=jnp.float32, dropout: Dropout | None = None,
+             linear_backward: float = 0.0) -> list[jax.Array]:
     """The requested outputs for the given Placeholder values (name -> array), computed in
     `dtype` (float32; float64 with jax_enable_x64 only to measure rounding).
 
-    dropout: thin the network at random (see Dropout); None evaluates it as stored."""
+    dropout: thin the network at random (see Dropout); None evaluates it as stored.
+    linear_backward: the last fraction of the activations (Relu, Relu6, and Maximum / Minimum
+    with a constant, in topological order) pass the gradient through unchanged, as if they were
+    the identity (LinBP, Guo et al. 2020, a transfer technique); the forward values are exact."""
     graph, weights = params.graph, params.weights
     nodes = graph.node_map()
     values: dict[str, Any] = {}
     first_conv = [True]
+    order = topological_order(graph, outputs)
+    linear: set[str] = set()
+    if linear_backward > 0:
+        acts = [n for n in order if nodes[n].op in _ACTIVATION_OPS
+                and _tensor_input(nodes, nodes[n]) is not None]
+        linear = set(acts[len(acts) - int(round(linear_backward * len(acts))):])
 
     def get(name):
         return values[name]
@@ -597,7 +610,7 @@ def evaluate(params: GraphParams, feeds: Mapping[str, jax.Array], outputs: Seque
             1.0 - dropout.rate, x.shape)
         return jnp.where(keep, x / (1.0 - dropout.rate), 0.0)
 
-    for name in topological_order(graph, outputs):
+    for name in order:
         node = nodes[name]
         if node.op == "Placeholder":
             if name not in feeds:
@@ -617,11 +630,21 @@ def evaluate(params: GraphParams, feeds: Mapping[str, jax.Array], outputs: Seque
                     get_dropped(n) if n == _in else get(n)))
         else:
             values[name] = _eval_node(graph, node, get)
+        if name in linear:
+            a = values[_tensor_input(nodes, node)]
+            values[name] = a + jax.lax.stop_gradient(values[name] - a)
     return [values[o] for o in outputs]
 
 
+def _tensor_input(nodes: Mapping[str, Node], node: Node) -> str | None:
+    """The one non-constant input of an activation node (None if there is not exactly one)."""
+    ins = [n for n in map(_input_name, node.inputs) if n is not None and nodes[n].op != "Const"]
+    return ins[0] if len(ins) == 1 else None
+
+
 def apply(params: GraphParams, x: jax.Array, output_name: str | None = None,
-          dtype=jnp.float32, dropout: Dropout | None = None) -> jax.Array:
+          dtype=jnp.float32, dropout: Dropout | None = None,
+          linear_backward: float = 0.0) -> jax.Array:
     """Evaluate a one-input graph at x (float32, the Placeholder's shape) and return the node
     `output_name` (default: the signature's first output); ':0' suffixes are accepted."""
     graph = params.graph
@@ -631,4 +654,4 @@ def apply(params: GraphParams, x: jax.Array, output_name: str | None = None,
     if out is None:
         raise GraphModelError("the graph has no signature outputs; name the output")
     chex.assert_rank(x, 4)
-    return evaluate(params, {graph.inputs[0]: x}, [out], dtype, dropout)[0]
+    return evaluate(params, {graph.inputs[0]: x}, [out], dtype, dropout, linear_backward)[0]
