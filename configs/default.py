@@ -76,6 +76,7 @@ def get_config():
     c.objective.transfer.linear_backward = 0.0  # LinBP on the TF.js surrogates' last activations
     # balance='threshold' only: the goal past each encoder's threshold (relative) and the share
     # of the step an encoder keeps once it is reached
+    c.objective.transfer.balance_norm = "l2"  # each encoder's gradient at unit L2 ('l1': L1) norm
     c.objective.transfer.threshold_margin = 0.25
     c.objective.transfer.threshold_floor = 0.1
 

@@ -86,6 +86,10 @@ VARIANTS: dict[str, dict] = {
     "thr": {"objective.transfer.balance": "threshold"},
     "flip": {"objective.transfer.flip_prob": 0.5},
     "linbp50": {"objective.transfer.linear_backward": 0.5},
+    "thr_f0": {"objective.transfer.balance": "threshold", "objective.transfer.threshold_floor": 0.0},
+    "thr_l1": {"objective.transfer.balance": "threshold", "objective.transfer.balance_norm": "l1"},
+    "thr_f0_m50": {"objective.transfer.balance": "threshold", "objective.transfer.threshold_floor": 0.0,
+                   "objective.transfer.threshold_margin": 0.5},
 }
 
 

@@ -81,12 +81,12 @@ def _identity_direction(params, x, arrays, clean, decoy, groups, cfg: EngineConf
                 w = weight * transfer.threshold_weight(-l, encoder_registry.get(name).threshold,
                                                        ocfg.transfer.threshold_margin,
                                                        ocfg.transfer.threshold_floor)
-            loss, g = loss + weight * l, g + w * transfer.unit(gi)
+            loss, g = loss + weight * l, g + w * transfer.unit(gi, ocfg.transfer.balance_norm)
         if ocfg.baseline is not None:
             f = functools.partial(objective.baseline_loss, x01=x, arrays=arrays, clean=clean,
                                   params=params, key=key, groups=groups, cfg=ocfg)
             l, gi = jax.value_and_grad(f)(delta)
-            loss, g = loss + l, g + transfer.unit(gi)
+            loss, g = loss + l, g + transfer.unit(gi, ocfg.transfer.balance_norm)
         return loss, g
 
     return direction

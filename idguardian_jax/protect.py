@@ -94,7 +94,8 @@ def _transfer_config(o) -> transfer.TransferConfig:
         threshold_margin=float(t.get("threshold_margin", 0.25)),
         threshold_floor=float(t.get("threshold_floor", 0.1)),
         flip_prob=float(t.get("flip_prob", 0.0)),
-        linear_backward=float(t.get("linear_backward", 0.0)))
+        linear_backward=float(t.get("linear_backward", 0.0)),
+        balance_norm=str(t.get("balance_norm", "l2")))
 
 
 def _baseline_config(config):

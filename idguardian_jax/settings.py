@@ -154,6 +154,8 @@ FIELDS: dict[str, Field] = {
                                         "gradient at unit norm; 'threshold': unit gradients "
                                         "weighted by the distance still to each threshold",
                                         choice("loss", "gradient", "threshold")),
+    "objective.transfer.balance_norm": Field("norm each encoder's gradient is scaled to in the "
+                                             "balance ('l2' or 'l1')", choice("l1", "l2")),
     "objective.transfer.linear_backward": Field("fraction of the surrogates' last activations "
                                                 "with a linear backward pass (LinBP; 0: off)",
                                                 number(0, 1)),

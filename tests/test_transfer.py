@@ -76,6 +76,10 @@ def test_momentum_accumulates_l1_normalized_gradients_before_the_sign():
 
 def test_unit_and_bad_settings():
     np.testing.assert_allclose(float(jnp.linalg.norm(transfer.unit(jnp.arange(5.0)))), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(float(jnp.sum(jnp.abs(transfer.unit(-jnp.arange(5.0), "l1")))), 1.0,
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="balance_norm"):
+        transfer.TransferConfig(balance_norm="linf")
     with pytest.raises(ValueError, match="ti_kernel"):
         transfer.TransferConfig(ti_kernel=4)
     with pytest.raises(ValueError, match="balance"):

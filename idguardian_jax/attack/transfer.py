@@ -49,6 +49,7 @@ class TransferConfig:
     threshold_floor: float = 0.1
     flip_prob: float = 0.0
     linear_backward: float = 0.0
+    balance_norm: str = "l2"
 
     def __post_init__(self):
         if not 0.0 <= self.diversity_prob <= 1.0:
@@ -59,6 +60,8 @@ class TransferConfig:
             raise ValueError(f"ti_kernel must be 0 (off) or an odd size, got {self.ti_kernel}")
         if self.balance not in ("loss", "gradient", "threshold"):
             raise ValueError(f"balance must be 'loss', 'gradient' or 'threshold', got {self.balance!r}")
+        if self.balance_norm not in ("l1", "l2"):
+            raise ValueError(f"balance_norm must be 'l1' or 'l2', got {self.balance_norm!r}")
         if not 0.0 <= self.linear_backward <= 1.0:
             raise ValueError(f"linear_backward must be in [0, 1], got {self.linear_backward}")
         if not 0.0 <= self.flip_prob <= 1.0:
@@ -179,6 +182,12 @@ def threshold_weight(distance: jax.Array, threshold: float, margin: float,
     return jnp.clip(w, floor, 1.0)
 
 
-def unit(g: jax.Array) -> jax.Array:
-    """g / ||g||_2 over the whole tensor (0 stays 0)."""
+def unit(g: jax.Array, norm: str = "l2") -> jax.Array:
+    """g / ||g|| over the whole tensor (0 stays 0), in the L2 norm or the L1 norm.
+
+    With sign steps an encoder's first-order progress alone is ||g||_1: L1-normalized gradients
+    give each encoder the same potential progress, L2-normalized ones favour those whose gradient
+    is spread over many pixels."""
+    if norm == "l1":
+        return g / (jnp.sum(jnp.abs(g)) + 1e-12)
     return g / (jnp.sqrt(jnp.sum(g * g)) + 1e-12)
