@@ -135,6 +135,7 @@ def test_gradient_balance_is_the_sum_of_unit_encoder_gradients(installed, faces_
     cfg.objective.installed_encoders = "none"
     cfg.objective.encoders = (("dlib_resnet", 1.0), ("mobileface", 2.0))
     cfg.objective.transfer.balance = "gradient"
+    cfg.objective.transfer.balance_norm = "l2"
     cfg.objective.transfer.diversity_prob = 0.5
     cfg.objective.transfer.ti_kernel = 5
     prot = protect.Protector(cfg)
@@ -163,8 +164,10 @@ def test_gradient_balance_is_the_sum_of_unit_encoder_gradients(installed, faces_
     plain = jax.grad(engine._loss_fn(prot.models.params, x, arrays, clean, decoy, groups, prot.cfg))(delta, key)
     cos = float(jnp.sum(plain * g) / jnp.linalg.norm(plain) / jnp.linalg.norm(g))
     assert cos < 0.99
-    # balance 'threshold': each unit gradient also scaled by the distance still to its goal
+    # balance 'threshold' (L1 norm, the default): each encoder's gradient at unit L1 norm, also
+    # scaled by the distance still to its goal
     cfg.objective.transfer.balance = "threshold"
+    cfg.objective.transfer.balance_norm = "l1"
     prot_t = protect.Protector(cfg)
     direction = engine._identity_direction(prot_t.models.params, x, arrays, clean, decoy, groups,
                                            prot_t.cfg)
@@ -177,5 +180,5 @@ def test_gradient_balance_is_the_sum_of_unit_encoder_gradients(installed, faces_
         l, gi = jax.jit(jax.value_and_grad(f))(delta)
         enc_w = transfer.threshold_weight(-l, encoders.get(name).threshold, 0.25, 0.1)
         assert 0.1 <= float(enc_w) < 1.0  # the random start moved both a little
-        want_t = want_t + w * enc_w * gi / jnp.linalg.norm(gi)
+        want_t = want_t + w * enc_w * gi / jnp.sum(jnp.abs(gi))
     assert float(jnp.linalg.norm(g_t - want_t) / jnp.linalg.norm(want_t)) < 1e-2
