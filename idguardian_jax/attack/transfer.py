@@ -121,17 +121,16 @@ def gaussian_kernel(side: int) -> np.ndarray:
 
 
 def _blur(g: jax.Array, side: int) -> jax.Array:
-    """Separable Gaussian blur of (N, H, W, C), zero padding ('same' size)."""
-    k = jnp.asarray(gaussian_kernel(side))
-    c = g.shape[-1]
-    dn = ("NHWC", "HWIO", "NHWC")
-    kh = jnp.tile(k.reshape(side, 1, 1, 1), (1, 1, 1, c))
-    kw = jnp.tile(k.reshape(1, side, 1, 1), (1, 1, 1, c))
+    """Separable Gaussian blur of (N, H, W, C), zero padding ('same' size), as a sum of `side`
+    shifted, weighted copies per axis: ~30x faster on XLA:CPU than the same blur as a grouped
+    convolution (measured: a 224 px chip, side 11: 16 ms vs 0.5 ms)."""
+    k = gaussian_kernel(side)
     pad = side // 2
-    g = jax.lax.conv_general_dilated(g, kh, (1, 1), ((pad, pad), (0, 0)), dimension_numbers=dn,
-                                     feature_group_count=c)
-    return jax.lax.conv_general_dilated(g, kw, (1, 1), ((0, 0), (pad, pad)), dimension_numbers=dn,
-                                        feature_group_count=c)
+    h, w = g.shape[1], g.shape[2]
+    x = jnp.pad(g, ((0, 0), (pad, pad), (0, 0), (0, 0)))
+    x = sum(float(k[i]) * x[:, i:i + h] for i in range(side))
+    x = jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (0, 0)))
+    return sum(float(k[i]) * x[:, :, i:i + w] for i in range(side))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
