@@ -176,7 +176,7 @@ def threshold_weight(distance: jax.Array, threshold: float, margin: float,
     `threshold * (1 + margin)` (past the same-person threshold with a relative margin): weight 1 at
     distance 0, falling linearly to `floor` at the goal and staying there (an encoder already
     fooled keeps a small share, so it stays fooled)."""
-    goal = threshold * (1.0 + margin)
+    goal = max(threshold * (1.0 + margin), 1e-6)
     w = (goal - jax.lax.stop_gradient(distance)) / goal
     return jnp.clip(w, floor, 1.0)
 
