@@ -38,8 +38,8 @@ def main(argv):
     del argv
     face_models = analyze.FaceModels.load()
     rgbs, faces, _ = labelled_faces.load(FLAGS.photos, FLAGS.identities, face_models, FLAGS.limit)
-    prot = protect.Protector(protect.default_config(), protect.Models.load(
-        protect.default_config(), face_models))
+    cfg = protect.default_config()
+    prot = protect.Protector(cfg, protect.Models.load(cfg, face_models))
     names = [n for n, _ in prot.cfg.objective.encoders]
     rng = np.random.default_rng(0)
     cos = {(a, b): [] for a in names for b in names if a < b}

@@ -66,8 +66,7 @@ def _identity_direction(params, x, arrays, clean, decoy, groups, cfg: EngineConf
     (transfer.threshold_weight), so the step goes to the encoders that still recognize the face."""
     ocfg = cfg.objective
     names = [(n, w) for n, w in ocfg.encoders if n in params and w != 0.0]
-    balanced = ocfg.transfer.balance in ("gradient", "threshold")
-    if not balanced or len(names) + (ocfg.baseline is not None) < 2:
+    if not ocfg.transfer.balanced or len(names) + (ocfg.baseline is not None) < 2:
         return jax.value_and_grad(_loss_fn(params, x, arrays, clean, decoy, groups, cfg))
 
     def direction(delta, key):
@@ -98,9 +97,8 @@ def _direction_fn(params, x, arrays, clean, decoy, groups, cfg: EngineConfig):
     the deflection direction, each normalized over the photo (Algorithm 1). The deflection is
     computed on each face's CLIP view (the image IP-Adapter reads) and pulled back to the photo
     through the view's vector-Jacobian product."""
-    balanced = cfg.objective.transfer.balance in ("gradient", "threshold")
     if cfg.deflection is None:
-        if not balanced:
+        if not cfg.objective.transfer.balanced:
             return None
         return _identity_direction(params, x, arrays, clean, decoy, groups, cfg)
     identity_dir = _identity_direction(params, x, arrays, clean, decoy, groups, cfg)

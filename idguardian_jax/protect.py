@@ -84,18 +84,14 @@ def encoders_of(config) -> tuple[tuple[str, float], ...]:
 
 
 def _transfer_config(o) -> transfer.TransferConfig:
+    """objective.transfer.* as a TransferConfig: each field present in the config, cast to the
+    type of the dataclass's default; a missing field keeps that default."""
     t = o.get("transfer", None)
     if t is None:
         return transfer.TransferConfig()
-    return transfer.TransferConfig(
-        diversity_prob=float(t.diversity_prob), diversity_scale=float(t.diversity_scale),
-        ti_kernel=int(t.ti_kernel), balance=str(t.balance),
-        feature_weight=float(t.get("feature_weight", 0.0)), dropout=float(t.get("dropout", 0.0)),
-        threshold_margin=float(t.get("threshold_margin", 0.25)),
-        threshold_floor=float(t.get("threshold_floor", 0.1)),
-        flip_prob=float(t.get("flip_prob", 0.0)),
-        linear_backward=float(t.get("linear_backward", 0.0)),
-        balance_norm=str(t.get("balance_norm", "l2")))
+    return transfer.TransferConfig(**{
+        f.name: type(f.default)(t[f.name])
+        for f in dataclasses.fields(transfer.TransferConfig) if f.name in t})
 
 
 def _baseline_config(config):

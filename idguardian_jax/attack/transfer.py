@@ -51,6 +51,12 @@ class TransferConfig:
     linear_backward: float = 0.0
     balance_norm: str = "l2"
 
+    @property
+    def balanced(self) -> bool:
+        """Whether the encoders' gradients are normalized and summed (balance 'gradient' or
+        'threshold') rather than their losses summed ('loss')."""
+        return self.balance in ("gradient", "threshold")
+
     def __post_init__(self):
         if not 0.0 <= self.diversity_prob <= 1.0:
             raise ValueError(f"diversity_prob must be in [0, 1], got {self.diversity_prob}")
