@@ -79,7 +79,7 @@ def main():
     if not os.path.isdir(FACES):
         sys.exit(f"{FACES}: the shared face photos are needed")
     from configs import tiny
-    from idguardian_jax import evaluate, protect
+    from idguardian_jax import evaluate, protect, settings
     from idguardian_jax.cli import common
     from idguardian_jax.evaluate import report
     from idguardian_jax.faces import analyze
@@ -87,7 +87,7 @@ def main():
     cfg = tiny.get_config()
     clean = os.path.join(args.workdir, f"clean{args.size}")
     # one folder per protection settings: idguardian-protect refuses to mix settings in a folder
-    prot = os.path.join(args.workdir, f"protected{args.size}-{protect.settings_hash(cfg)}")
+    prot = os.path.join(args.workdir, f"protected{args.size}-{settings.settings_hash(cfg)}")
     make_photos(args.photos, args.size, clean)
     t = time.perf_counter()
     summary = protect.protect_files(common.list_inputs([clean])[:args.photos], prot, cfg,

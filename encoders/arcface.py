@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from encoders.facenet import l2_normalize
+from encoders.base import Encoder
 from idguardian_jax.checkpoints import cache
 from idguardian_jax.checkpoints.tensors import (CheckpointError, _first_line, _flax_to_torch_name,
                                                 bilinear_resize, count_params, read_tensors,
@@ -560,15 +561,9 @@ def param_count(params: dict[str, Any]) -> int:
     return count_params(params["net"])
 
 
-def _register():
-    import encoders
-
-    return encoders.register(encoders.Encoder(
-        name=NAME, chip_size=CHIP_SIZE, view="arcface", padding=0.0, load=load, apply=apply,
-        distance="cosine", threshold=THRESHOLD, embed_dim=EMBED_DIM))
-
-
-ENCODER = _register()
+ENCODER = Encoder(
+    name=NAME, chip_size=CHIP_SIZE, view="arcface", padding=0.0, load=load, apply=apply,
+    distance="cosine", threshold=THRESHOLD, embed_dim=EMBED_DIM)
 
 
 def main(argv: Iterable[str] | None = None) -> None:

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from idguardian_jax.checkpoints.tensors import CheckpointError, bilinear_resize, read_safetensors
+from encoders.base import Encoder
 
 NAME = "clip_vit"
 CHIP_SIZE = 224
@@ -378,14 +379,8 @@ def config_param_count(cfg: CLIPVisionConfig) -> int:
     return int(sum(np.prod(s.shape) for s in jax.tree_util.tree_leaves(expected_shapes(cfg))))
 
 
-def _register():
-    import encoders
-
-    return encoders.register(encoders.Encoder(
-        name=NAME, chip_size=CHIP_SIZE, view="clip", padding=0.0, load=load, apply=apply,
-        distance="cosine", threshold=THRESHOLD, embed_dim=EMBED_DIM,
-        to_tree=lambda p: (p.variables, dataclasses.asdict(p.config)),
-        from_tree=lambda tree, meta: CLIPParams(tree, CLIPVisionConfig.from_dict(meta))))
-
-
-ENCODER = _register()
+ENCODER = Encoder(
+    name=NAME, chip_size=CHIP_SIZE, view="clip", padding=0.0, load=load, apply=apply,
+    distance="cosine", threshold=THRESHOLD, embed_dim=EMBED_DIM,
+    to_tree=lambda p: (p.variables, dataclasses.asdict(p.config)),
+    from_tree=lambda tree, meta: CLIPParams(tree, CLIPVisionConfig.from_dict(meta)))

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from idguardian_jax.checkpoints import bundled, cache, dlib_format
+from encoders.base import Encoder
 
 NAME = "dlib_resnet"
 CHIP_SIZE = 150
@@ -248,12 +249,6 @@ def param_count(params: dict[str, Any]) -> int:
     return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params["net"])))
 
 
-def _register():
-    import encoders
-
-    return encoders.register(encoders.Encoder(
-        name=NAME, chip_size=CHIP_SIZE, view="dlib", padding=CHIP_PADDING,
-        load=load, apply=apply, distance="euclidean", threshold=THRESHOLD, embed_dim=EMBED_DIM))
-
-
-ENCODER = _register()
+ENCODER = Encoder(
+    name=NAME, chip_size=CHIP_SIZE, view="dlib", padding=CHIP_PADDING,
+    load=load, apply=apply, distance="euclidean", threshold=THRESHOLD, embed_dim=EMBED_DIM)

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from encoders.base import Encoder
 from idguardian_jax.checkpoints import cache
 from idguardian_jax.checkpoints.tensors import (CheckpointError, bilinear_resize, count_params,  # noqa: F401
                                                 read_tensors, state_dict_to_variables, write_tensors)
@@ -277,15 +278,9 @@ def param_count(params: dict[str, Any]) -> int:
     return count_params(params["net"])
 
 
-def _register():
-    import encoders
-
-    return encoders.register(encoders.Encoder(
-        name=NAME, chip_size=CHIP_SIZE, view="facenet", padding=0.0, load=load, apply=apply,
-        distance="cosine", threshold=THRESHOLD, embed_dim=EMBED_DIM))
-
-
-ENCODER = _register()
+ENCODER = Encoder(
+    name=NAME, chip_size=CHIP_SIZE, view="facenet", padding=0.0, load=load, apply=apply,
+    distance="cosine", threshold=THRESHOLD, embed_dim=EMBED_DIM)
 
 
 def main(argv: Iterable[str] | None = None) -> None:

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from idguardian_jax.checkpoints import human_models, tfjs
+from encoders.base import Encoder
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # faceres' chip: the ArcFace template shrunk towards the centre by 1 + margin (module docstring);
@@ -125,22 +126,13 @@ COLOUR = {"mobileface": "rgb255", "faceres": "bgr_caffe", "faceres_deep": "bgr_c
 MARGIN = {"mobileface": 0.0, "faceres": TEMPLATE_MARGIN, "faceres_deep": TEMPLATE_MARGIN}
 
 
-def _register():
-    import encoders
-
-    out = []
-    for spec in human_models.MODELS:
-        out.append(encoders.register(encoders.Encoder(
-            name=spec.name, chip_size=spec.chip_size, view="arcface", padding=0.0,
-            load=functools.partial(_load, spec),
-            apply=functools.partial(_apply, spec, COLOUR[spec.name]),
-            apply_augmented=functools.partial(_apply_augmented, spec, COLOUR[spec.name]),
-            features=functools.partial(_features, spec, COLOUR[spec.name]),
-            distance="cosine",
-            threshold=1.0 - human_models.THRESHOLD_SIMILARITY[spec.name],
-            embed_dim=spec.embed_dim, template_margin=MARGIN[spec.name],
-            to_tree=_not_convertible)))
-    return tuple(out)
-
-
-ENCODERS = _register()
+ENCODERS = tuple(Encoder(
+    name=spec.name, chip_size=spec.chip_size, view="arcface", padding=0.0,
+    load=functools.partial(_load, spec),
+    apply=functools.partial(_apply, spec, COLOUR[spec.name]),
+    apply_augmented=functools.partial(_apply_augmented, spec, COLOUR[spec.name]),
+    features=functools.partial(_features, spec, COLOUR[spec.name]),
+    distance="cosine",
+    threshold=1.0 - human_models.THRESHOLD_SIMILARITY[spec.name],
+    embed_dim=spec.embed_dim, template_margin=MARGIN[spec.name],
+    to_tree=_not_convertible) for spec in human_models.MODELS)

@@ -31,7 +31,7 @@ from PIL import Image
 
 import encoders as encoder_registry
 from configs import default as default_config
-from idguardian_jax import protect
+from idguardian_jax import images, protect, settings
 from idguardian_jax.faces import analyze
 from idguardian_jax.losses import identity
 
@@ -87,6 +87,10 @@ VARIANTS: dict[str, dict] = {
     "flip": {"objective.transfer.flip_prob": 0.5},
     "linbp50": {"objective.transfer.linear_backward": 0.5},
     "thr_f0": {"objective.transfer.balance": "threshold", "objective.transfer.threshold_floor": 0.0},
+    "nomask": {"objective.face_mask_margin": -1.0},
+    "plain": {"objective.transfer.diversity_prob": 0.0, "objective.transfer.ti_kernel": 0},
+    "plain_nomask": {"objective.transfer.diversity_prob": 0.0, "objective.transfer.ti_kernel": 0,
+                     "objective.face_mask_margin": -1.0},
     "mf_solo": {"objective.installed_encoders": "none", "objective.encoders": (("mobileface", 1.0),)},
     "thr_s200": {"objective.transfer.balance": "threshold", "attack.steps": 200,
                  "attack.step_size": 0.5 / 255},
@@ -176,7 +180,7 @@ def main(argv):
             cfg = importlib.import_module(f"configs.{FLAGS.base}").get_config()
             for k, v in {**VARIANTS[variant], **extra}.items():
                 _set(cfg, k, v)
-            ens = tuple((n, w) for n, w in protect.encoders_of(cfg)
+            ens = tuple((n, w) for n, w in settings.encoders_of(cfg)
                         if n in installed and (FLAGS.whitebox or n not in _family(left)))
             if not ens:
                 continue
@@ -199,12 +203,12 @@ def main(argv):
                     img = res.protected if kind == "png" else _jpeg(res.protected)
                     if FLAGS.redetect:
                         again = analyze.find_faces(img, face_models, 1, with68=True)
-                        ma = protect._match(faces[i][0].box, again)
+                        ma = protect.match_face(faces[i][0].box, again)
                     else:
                         ma = faces[i][0]
                     psnrs.append(res.psnr)
                     l, t_, r_, b_ = faces[i][0].box  # PSNR inside dlib's face box
-                    face_psnrs.append(protect.psnr(
+                    face_psnrs.append(images.psnr(
                         res.protected[max(t_, 0):b_ + 1, max(l, 0):r_ + 1],
                         rgbs[i][max(t_, 0):b_ + 1, max(l, 0):r_ + 1]))
                     if ma is None:

@@ -218,7 +218,7 @@ class ImageWriteError(OSError):
 
 
 # Temporary files of atomic writes: this name pattern is the tool's own; stale ones (a write cut
-# short by a crash) are removed only in the folders a job writes (jobs.JobDir).
+# short by a crash) are removed only in the folders a job writes (writer.JobDir).
 TMP_PREFIX = ".idguardian-tmp-"
 
 
@@ -334,3 +334,15 @@ def write_photo(path: str | os.PathLike, rgb: np.ndarray, source: Photo | None =
             raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from None
         raise
     return path
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of two uint8 photos of one shape; summed exactly in row blocks (int64), so memory
+    stays small for large photos (a float64 copy of a 6000x6000 photo is 864 MB)."""
+    rows = max(1, (1 << 22) // max(1, int(np.prod(a.shape[1:]))))
+    total = 0
+    for r in range(0, a.shape[0], rows):
+        d = a[r:r + rows].astype(np.int32) - b[r:r + rows].astype(np.int32)
+        total += int(np.dot(d.ravel().astype(np.int64), d.ravel().astype(np.int64)))
+    mse = total / float(max(1, a.size))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)

@@ -31,28 +31,21 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import errno
-import glob
 import hashlib
 import json
 import os
 import sys
-import threading
 import time
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-from idguardian_jax import images, jsonio
+from idguardian_jax import images, writer
+from idguardian_jax.checkpoints.cache import file_sha256
 
-JOB_FILE = "idguardian_job.json"
-REPORT_FILE = "idguardian_report.json"
-SUMMARY_GLOB = "idguardian_summary*.jsonl"
-
-
-class UsageError(ValueError):
-    """Bad arguments or a job folder that does not match them (exit status 2)."""
+from idguardian_jax.errors import UsageError
+from idguardian_jax.settings import settings_hash
 
 
 # ------------------------------------------------------------------------------------------
@@ -107,259 +100,6 @@ def _list_entry(base: str, p: str) -> tuple[str, str]:
 def shard_of(rel: str, count: int) -> int:
     """The process that owns a photo: sha256 of its relative path mod the process count."""
     return int(hashlib.sha256(rel.encode("utf-8")).hexdigest()[:16], 16) % count
-
-
-# ------------------------------------------------------------------------------------------
-# The job folder: settings, records, recovery
-# ------------------------------------------------------------------------------------------
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-LOCK_FILE = "idguardian.lock"
-OWNED_GLOB = "idguardian_outputs*.jsonl"
-
-
-class JobDir:
-    """Progress of a job in its output folder (shared by every process and every restart).
-
-    Ownership: the job writes only the files it names in its own records inside the folder.
-    Before an output is first written its path (relative to the folder) is appended to
-    OUTPUT/idguardian_outputs*.jsonl (`claim`); a file already at that path that no record names
-    is never replaced (the photo is reported as a collision and the batch goes on). Temporary
-    files (images.TMP_PREFIX) left by a crash are removed only in the folders of claimed outputs.
-    One job at a time per folder: an exclusive lock on OUTPUT/idguardian.lock (each process of a
-    multi-process job holds its own shard lock and a shared lock on it).
-    """
-
-    def __init__(self, output_dir: str, settings: str, allow_changed_settings: bool = False,
-                 process_index: int = 0, process_count: int = 1):
-        self.output_dir = output_dir
-        self.settings = settings
-        self._lock_fds: list[int] = []
-        self._claim_lock = threading.Lock()
-        try:
-            os.makedirs(output_dir, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"{output_dir}: cannot create the output folder ({e.strerror or e})") from None
-        self._take_lock(process_index, process_count)
-        try:
-            self._open(allow_changed_settings, process_index, process_count)
-        except BaseException:
-            self.close()
-            raise
-
-    def _take_lock(self, pi: int, pc: int) -> None:
-        import fcntl
-
-        wanted = [(LOCK_FILE, fcntl.LOCK_EX if pc == 1 else fcntl.LOCK_SH)]
-        if pc > 1:
-            wanted.append((f"{LOCK_FILE}.p{pi:05d}-of-{pc:05d}", fcntl.LOCK_EX))
-        for name, mode in wanted:
-            path = os.path.join(self.output_dir, name)
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as e:
-                raise UsageError(f"{self.output_dir}: cannot write in the output folder "
-                                 f"({e.strerror or e})") from None
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    # a file system without locks (some FUSE mounts): go on, and say so
-                    sys.stderr.write(f"warning: {path}: cannot lock ({e.strerror or e}); make "
-                                     f"sure no other job writes into {self.output_dir}\n")
-                    self._lock_fds.append(fd)
-                    continue
-                os.close(fd)
-                self.close()
-                raise UsageError(f"{self.output_dir}: another idguardian-protect job is writing "
-                                 f"into this folder (it holds {path}); wait for it to finish or "
-                                 f"choose another output folder") from None
-            self._lock_fds.append(fd)
-
-    def close(self) -> None:
-        """Release the folder's lock (the end of the job)."""
-        for fd in self._lock_fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._lock_fds = []
-
-    def _open(self, allow_changed_settings: bool, process_index: int, process_count: int):
-        output_dir, settings = self.output_dir, self.settings
-        job_file = os.path.join(output_dir, JOB_FILE)
-        if os.path.lexists(job_file):
-            old = read_job_file(job_file)
-            if old != settings and not allow_changed_settings:
-                raise UsageError(
-                    f"{output_dir}: holds a job with other settings ({old}, now {settings}); "
-                    f"use another output folder, or --config.job.allow_changed_settings=true to "
-                    f"redo its photos with the new settings")
-        suffix = ("" if process_count == 1 else
-                  f".p{process_index:05d}-of-{process_count:05d}")
-        self.summary_path = os.path.join(output_dir, f"idguardian_summary{suffix}.jsonl")
-        self.owned_path = os.path.join(output_dir, f"idguardian_outputs{suffix}.jsonl")
-        if process_index == 0:
-            try:
-                jsonio.write_json_atomic(job_file, {"tool": "idguardian-protect",
-                                                    "settings": settings, "created": time.time()})
-            except OSError as e:
-                raise UsageError(f"{job_file}: cannot write ({e.strerror or e})") from None
-        self.done: dict[str, dict] = {}
-        self.owned: set[str] = set()
-        for path in sorted(glob.glob(os.path.join(output_dir, SUMMARY_GLOB))):
-            for rec in read_jsonl(path):
-                if rec.get("path"):
-                    self.done[rec["path"]] = rec
-                    if rec.get("output") and rec.get("status") in ("protected", "copied"):
-                        self.owned.add(self._key(rec["output"]))
-        for path in sorted(glob.glob(os.path.join(output_dir, OWNED_GLOB))):
-            for rec in read_jsonl(path):
-                if isinstance(rec.get("output"), str):
-                    self.owned.add(os.path.normpath(rec["output"]))
-        for path in (self.summary_path, self.owned_path):
-            _end_torn_line(path)
-        self._remove_stale_temporaries(time.time())
-
-    def _key(self, target: str) -> str:
-        """An output's path relative to the output folder (how claims are recorded)."""
-        return os.path.normpath(os.path.relpath(os.path.abspath(target),
-                                                os.path.abspath(self.output_dir)))
-
-    def owns(self, target: str) -> bool:
-        return self._key(target) in self.owned
-
-    def claim(self, target: str) -> None:
-        """Before writing `target`: record it as this job's output, or raise ImageWriteError
-        when a file the job did not write is already there (it is never replaced)."""
-        key = self._key(target)
-        with self._claim_lock:
-            if key in self.owned:
-                return
-            if os.path.lexists(target):
-                raise images.ImageWriteError(
-                    f"{target}: a file that idguardian-protect did not write is already there "
-                    f"(no record of this folder's jobs names it); not replaced")
-            with open(self.owned_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"output": key}) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            self.owned.add(key)
-
-    def _remove_stale_temporaries(self, started: float) -> None:
-        """Temporary files of writes cut short by a crash (the tool's own name pattern, older
-        than this start, in the folders of outputs it claimed) go away; nothing else does."""
-        folders = {os.path.dirname(os.path.join(self.output_dir, k)) for k in self.owned}
-        folders.add(self.output_dir)
-        for folder in sorted(folders):
-            try:
-                names = os.listdir(folder)
-            except OSError:
-                continue
-            for name in names:
-                if not name.startswith(images.TMP_PREFIX):
-                    continue
-                path = os.path.join(folder, name)
-                try:
-                    if os.path.isfile(path) and not os.path.islink(path) \
-                            and os.path.getmtime(path) < started - 1.0:
-                        os.unlink(path)
-                except OSError:
-                    pass
-
-    def finished(self, rel: str, input_sha: str) -> dict | None:
-        """The record of a photo already finished with these settings: protected or copied (its
-        output intact), or found to have no face. Failed photos are tried again."""
-        old = self.done.get(rel)
-        if not (old and old.get("settings") == self.settings
-                and old.get("input_sha256") == input_sha):
-            return None
-        if old.get("status") == "no_face":
-            return old
-        if not (old.get("status") in ("protected", "copied") and old.get("output")
-                and os.path.exists(old["output"])):
-            return None
-        try:
-            return old if sha256_file(old["output"]) == old.get("output_sha256") else None
-        except OSError:
-            return None
-
-    def adoptable(self, target: str | None, input_sha: str) -> bool:
-        """An output renamed into place just before a crash: claimed by this folder's job, and
-        its provenance (settings, input hash) matches."""
-        if not target or not self.owns(target) or not os.path.exists(target) \
-                or not target.endswith(".png"):
-            return False
-        try:
-            from PIL import Image
-
-            with Image.open(target) as im:
-                prov = json.loads(im.info.get("idguardian", "{}"))
-        except Exception:  # noqa: BLE001 - a damaged file is simply redone
-            return False
-        return (isinstance(prov, dict) and prov.get("settings") == self.settings
-                and prov.get("input_sha256") == input_sha)
-
-    def append(self, rec: dict) -> None:
-        with open(self.summary_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-
-def read_job_file(path: str) -> str:
-    """The settings hash of an OUTPUT/idguardian_job.json; UsageError when it is not one."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path}: not a readable job file of idguardian-protect ({e}); move it "
-                         f"away or choose another output folder") from None
-    if not isinstance(data, dict) or not isinstance(data.get("settings"), str):
-        raise UsageError(f"{path}: not a job file of idguardian-protect (no settings hash); move "
-                         f"it away or choose another output folder")
-    return data["settings"]
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """The JSON-object lines of a file; a line cut by a crash, or any other line that is not a
-    JSON object, is passed over."""
-    out = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(rec, dict):
-                    out.append(rec)
-    except OSError:
-        pass
-    return out
-
-
-def _end_torn_line(path: str) -> None:
-    """A file whose last line was cut by a crash gets a newline, so that the next record
-    appended starts a line of its own (instead of being swallowed by the torn one)."""
-    try:
-        with open(path, "rb+") as fh:
-            fh.seek(0, os.SEEK_END)
-            if fh.tell() == 0:
-                return
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":
-                fh.write(b"\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-    except FileNotFoundError:
-        pass
 
 
 # ------------------------------------------------------------------------------------------
@@ -472,12 +212,10 @@ def run_job(planned: Sequence[tuple[str, str, str | None, str | None]], output_d
             protector, progress: bool = True) -> dict:
     """Protect `planned` (open path, report path, output path or None, error or None; the whole
     list, every process passes the same) into output_dir. Returns this process's summary."""
-    from idguardian_jax import protect
-
     pi, pc = jax.process_index(), jax.process_count()
-    settings = protect.settings_hash(config)
+    settings = settings_hash(config)
     job = config.get("job", {}) or {}
-    jobdir = JobDir(output_dir, settings, bool(job.get("allow_changed_settings", False)), pi, pc)
+    jobdir = writer.JobDir(output_dir, settings, bool(job.get("allow_changed_settings", False)), pi, pc)
     mine = [p for p in planned if shard_of(p[1], pc) == pi]
     fmt = config.output.format
     notes = [] if fmt == "png" else [images.LOSSY_WARNING.format(fmt=fmt.upper())]
@@ -508,7 +246,7 @@ def run_job(planned: Sequence[tuple[str, str, str | None, str | None]], output_d
         try:
             photo = images.read_photo(open_path, max_pixels=int(config.output.max_pixels),
                                       allow_animated=False)
-            rec["input_sha256"] = sha256_file(open_path)
+            rec["input_sha256"] = file_sha256(open_path)
         except (images.ImageReadError, OSError) as e:
             rec["status"], rec["error"] = "error", str(e)
             return ("done", rec)
@@ -516,7 +254,7 @@ def run_job(planned: Sequence[tuple[str, str, str | None, str | None]], output_d
         if old is not None:
             return ("done", dict(old, status="skipped", previous_status=old["status"]))
         if jobdir.adoptable(target, rec["input_sha256"]):
-            rec.update(status="protected", recovered=True, output_sha256=sha256_file(target),
+            rec.update(status="protected", recovered=True, output_sha256=file_sha256(target),
                        notes=["finished before an interruption; adopted, not recomputed"])
             return ("done", rec)
         rec["width"], rec["height"] = photo.width, photo.height
@@ -528,7 +266,7 @@ def run_job(planned: Sequence[tuple[str, str, str | None, str | None]], output_d
             return ("done", rec)
         if prepared.plan is None:
             try:
-                protect._no_face(rec, photo, target, config, claim=jobdir.claim)
+                writer.write_no_face(rec, photo, target, config, claim=jobdir.claim)
             except images.ImageWriteError as e:
                 rec["status"], rec["error"] = "error", str(e)
             return ("done", rec)
@@ -587,7 +325,7 @@ def _run(mine, load, emit, records, counts, jobdir, prog, protector, config, job
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("idguardian job done")
-    report = _merge_reports(output_dir) if pi == 0 else None
+    report = writer.merge_reports(output_dir) if pi == 0 else None
     protected_faces = [f for r in records if r["status"] == "protected" for f in r.get("faces") or []]
     return {"photos": len(records), "counts": counts, "faces": len(protected_faces),
             "faces_past_threshold": sum(1 for f in protected_faces if f.get("protected")),
@@ -614,38 +352,15 @@ def _pipeline(entries, load, threads: int, prefetch: int):
 
 
 def _finish_one(r: _Ready, out, protector, config, emit, claim=None) -> None:
-    from idguardian_jax import protect
-
     t1 = time.time()
     rec = r.rec
     try:
         res = protector.finish(r.prepared, out)
-        protect._write_protected(rec, res, r.photo, r.target, config, protector.cfg.pgd.eps,
-                                 claim=claim)
+        writer.write_protected(rec, res, r.photo, r.target, config, protector.cfg.pgd.eps,
+                              claim=claim)
     except images.ImageWriteError as e:
         rec["status"], rec["error"] = "error", str(e)
     except Exception as e:  # noqa: BLE001
         rec["status"], rec["error"] = "error", f"{rec['input']}: {type(e).__name__}: {e}"
     rec["seconds"] = round(time.time() - t1, 3)
     emit(rec)
-
-
-def _merge_reports(output_dir: str) -> dict:
-    """Every process's latest record per photo -> OUTPUT/idguardian_report.json (process 0)."""
-    latest: dict[str, dict] = {}
-    for path in sorted(glob.glob(os.path.join(output_dir, SUMMARY_GLOB))):
-        for rec in read_jsonl(path):
-            if rec.get("path"):
-                latest[rec["path"]] = rec
-    counts: dict[str, int] = {}
-    for rec in latest.values():
-        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
-    report = {"photos": len(latest), "counts": counts,
-              "records": [latest[k] for k in sorted(latest)]}
-    path = os.path.join(output_dir, REPORT_FILE)
-    try:
-        jsonio.write_json_atomic(path, report)
-    except OSError as e:  # a full or read-only disk: the per-photo records still stand
-        sys.stderr.write(f"warning: {path}: cannot write the report ({e.strerror or e})\n")
-        return {"photos": len(latest), "counts": counts, "error": str(e)}
-    return {"photos": len(latest), "counts": counts}

@@ -16,276 +16,26 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
 
 import encoders as encoder_registry
-from idguardian_jax import engine, images, objective, parallel, views
-from idguardian_jax.attack import eot, pgd, transfer
+from idguardian_jax import engine, images, parallel, settings, views, writer
+from idguardian_jax.errors import UsageError
 from idguardian_jax.faces import align, analyze
 from idguardian_jax.losses import identity
+from idguardian_jax.models import Models
+from idguardian_jax.results import FaceReport, PhotoResult
 
-VERSION = "0.1.0"
-
-
-# ------------------------------------------------------------------------------------------
-# Settings
-# ------------------------------------------------------------------------------------------
-def engine_config(config) -> engine.EngineConfig:
-    """EngineConfig from an ml_collections config (configs/default.py)."""
-    a, o, j = config.attack, config.objective, config.objective.jitter
-    e = o.get("eot", None)
-
-    def rng(name):
-        v = e.get(name) if e is not None else None
-        return None if not v else (float(v[0]), float(v[1]))
-
-    return engine.EngineConfig(
-        pgd=pgd.PGDConfig(eps=float(config.budget), steps=int(a.steps), step_size=float(a.step_size),
-                          optimizer=a.optimizer, schedule=a.schedule,
-                          final_fraction=float(a.final_fraction), random_start=bool(a.random_start),
-                          momentum=float(a.get("momentum", 0.0))),
-        objective=objective.ObjectiveConfig(
-            encoders=encoders_of(config),
-            objective="decoy" if o.decoy_photo else "away",
-            cap=None if not o.cap else float(o.cap),
-            quantize=bool(o.quantize),
-            baseline=_baseline_config(config),
-            jitter=objective.Jitter(float(j.shift_px), float(j.rotation), float(j.scale)),
-            transfer=_transfer_config(o),
-            eot=eot.EoTConfig(p_identity=float(e.p_identity) if e is not None else 0.0,
-                              jpeg_quality=rng("jpeg_quality"), resize_scale=rng("resize_scale"),
-                              blur_sigma=rng("blur_sigma"), noise_std=rng("noise_std"))),
-        per_device=int(config.batch.per_device),
-        loop=a.loop,
-        deflection=_deflection_config(config))
-
-
-def encoders_of(config) -> tuple[tuple[str, float], ...]:
-    """The objective's encoders: `objective.encoders`, plus (objective.installed_encoders='all')
-    every real encoder installed with `idguardian-models install` that is not listed, weight
-    `objective.installed_weight`. Read from the local install only; nothing is fetched."""
-    o = config.objective
-    listed = tuple((str(n), float(w)) for n, w in o.encoders)
-    if str(o.get("installed_encoders", "none")) != "all":
-        return listed
-    from idguardian_jax.checkpoints import human_models
-
-    have = {n for n, _ in listed}
-    weight = float(o.get("installed_weight", 1.0))
-    return listed + tuple((e.name, weight) for e in human_models.installed_encoders()
-                          if e.name not in have)
-
-
-def _transfer_config(o) -> transfer.TransferConfig:
-    """objective.transfer.* as a TransferConfig: each field present in the config, cast to the
-    type of the dataclass's default; a missing field keeps that default."""
-    t = o.get("transfer", None)
-    if t is None:
-        return transfer.TransferConfig()
-    return transfer.TransferConfig(**{
-        f.name: type(f.default)(t[f.name])
-        for f in dataclasses.fields(transfer.TransferConfig) if f.name in t})
-
-
-def _baseline_config(config):
-    d = config.get("diffusion", None)
-    if d is None or not d.get("baseline", ""):
-        return None
-    if d.baseline not in ("advdm", "photoguard"):
-        raise UsageError(f"--config.diffusion.baseline must be advdm or photoguard, got {d.baseline!r}")
-    return objective.BaselineTerm(kind=d.baseline, weight=float(d.baseline_weight),
-                                  view=d.baseline_view, t_min=int(d.t_min), t_max=int(d.t_max))
-
-
-def _diffusion_wanted(config) -> bool:
-    d = config.get("diffusion", None)
-    return d is not None and (bool(d.get("enabled", False)) or bool(d.get("baseline", "")))
-
-
-def _deflection_config(config):
-    from idguardian_jax.losses import deflection
-
-    d = config.get("diffusion", None)
-    if d is None or not d.get("enabled", False):
-        return None
-    return deflection.DeflectionConfig(t_min=int(d.t_min), t_max=int(d.t_max),
-                                       noise_samples=int(d.noise_samples), variant=d.variant,
-                                       ip_scale=float(d.ip_scale), weight=float(d.weight))
-
-
-def settings_hash(config) -> str:
-    """Identifies everything that changes the protected pixels (rerun skips on a match)."""
-    relevant = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-                for k in ("seed", "budget", "budget_psnr", "attack", "objective", "detect",
-                          "diffusion") if k in config}
-    relevant["encoders_used"] = encoders_of(config)
-    # every output setting: what is written (format, quality, metadata, location, no-face copy)
-    # and which photos are read at all (max_pixels)
-    relevant["output"] = config.output.to_dict()
-    relevant["version"] = VERSION
-    blob = json.dumps(relevant, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------------------
-# Models
-# ------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Models:
-    faces: analyze.FaceModels
-    params: dict[str, Any]  # encoder name -> params
-
-    @classmethod
-    def load(cls, config, faces: analyze.FaceModels | None = None) -> "Models":
-        faces = faces or analyze.FaceModels.load()
-        params = {}
-        checkpoints = config.objective.get("checkpoints", {}) or {}
-        deflect = bool(config.get("diffusion", {}).get("enabled", False))
-        for name, weight in encoders_of(config):
-            encoder_registry.get(name)  # an unknown name fails here, clearly
-            if float(weight) == 0.0 and not (deflect and name == "clip_vit") \
-                    and not checkpoints.get(name):
-                continue  # kept only for its view (e.g. a baseline's crop): no weights needed
-            if name == "dlib_resnet" and not checkpoints.get(name):
-                params[name] = faces.resnet
-                continue
-            path = checkpoints.get(name)
-            if not path:
-                from idguardian_jax.checkpoints import human_models
-
-                if name in human_models.SPECS:  # installed once with `idguardian-models install`
-                    try:
-                        params[name] = encoder_registry.load_params(name, None)
-                    except human_models.InstallError as e:
-                        raise UsageError(str(e))
-                    continue
-                raise UsageError(f"encoder {name} needs its weights: set "
-                                 f"--config.objective.checkpoints.{name}=PATH")
-            params[name] = encoder_registry.load_params(name, path)
-        if _diffusion_wanted(config):
-            params["_diffusion"] = _load_diffusion(config, params)
-        return cls(faces, params)
-
-
-def _load_diffusion(config, params):
-    """The diffusion model, IP-Adapter and prompt of config.diffusion (local files only)."""
-    import jax.numpy as jnp
-
-    from idguardian_jax.diffusion import loaders, text
-    from idguardian_jax.losses import deflection
-
-    d = config.diffusion
-    if d.enabled and "clip_vit" not in params:
-        raise UsageError("the deflection term reads faces through IP-Adapter's CLIP image "
-                         "encoder: add ('clip_vit', weight) to --config.objective.encoders")
-    if not d.model_dir or (d.enabled and not d.ip_adapter):
-        raise UsageError("set --config.diffusion.model_dir=DIFFUSERS_FOLDER"
-                         + (" and --config.diffusion.ip_adapter=IP_ADAPTER.safetensors"
-                            if d.enabled else ""))
-    view = d.get("baseline_view", "clip_vit")
-    if d.get("baseline", "") and view not in [n for n, _ in config.objective.encoders]:
-        raise UsageError(f"the baseline reads each face through the {view} view: add "
-                         f"('{view}', 0.0) to --config.objective.encoders")
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[d.dtype]
-    pipe, proj = loaders.load_pipeline(d.model_dir, dtype=dtype,
-                                       ip_adapter=d.ip_adapter if d.enabled else None)
-    size = encoder_registry.get("clip_vit").chip_size
-    pe = text.encode_prompt(d.model_dir, d.prompt)
-    added = pe.added_cond(size, size) if pipe.kind == "sdxl" else None
-    return deflection.DiffusionParams(
-        unet=pipe.unet, vae=pipe.vae, proj=proj, clip=params.get("clip_vit"), schedule=pipe.schedule,
-        text=jnp.asarray(pe.batch(1)),
-        added=None if added is None else {k: jnp.asarray(v) for k, v in added.items()})
-
-
-# ------------------------------------------------------------------------------------------
-# Results
-# ------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class FaceReport:
-    """Distances are dlib's (the yardstick, always measured); `encoders` holds, per encoder of the
-    objective, {'after': distance to the clean embedding, 'threshold': same person below it}."""
-
-    box: list[int]
-    score: float | None
-    distance_in_loop: float | None = None       # the loop's own view, no jitter, 8-bit photo
-    distance_before: float | None = None        # clean photo, same pipeline (0 unless nondeterministic)
-    distance_after: float | None = None         # protected photo, faces found again
-    found_again: bool | None = None             # the detector still finds this face
-    protected: bool | None = None               # distance_after above dlib's threshold
-    encoders: dict[str, dict] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class PhotoResult:
-    """status: 'protected', 'no_face', 'error' (and 'skipped', 'copied' for files)."""
-
-    status: str
-    protected: np.ndarray | None = None
-    faces: list[FaceReport] = dataclasses.field(default_factory=list)
-    psnr: float | None = None
-    max_change: int | None = None
-    seconds: float | None = None
-    losses: list[float] | None = None
-    error: str | None = None
-    notes: list[str] = dataclasses.field(default_factory=list)
-
-    def record(self) -> dict:
-        d = dataclasses.asdict(self)
-        d.pop("protected")
-        return d
-
-
-def describe_face(face: dict) -> list[str]:
-    """Lines a newcomer reads right, one per encoder of a face record (FaceReport as a dict):
-    the similarity (cosine encoders) or distance (dlib) of the protected face, found again on
-    the written photo, to the clean face, against the encoder's same-person threshold."""
-    lines = []
-    for name, e in face.get("encoders", {}).items():
-        enc = encoder_registry.get(name)
-        after, thr = e.get("after"), float(e["threshold"])
-        if after is None:
-            lines.append(f"{name}: face no longer detected: not recognized")
-            continue
-        if enc.distance == "cosine":
-            sim, same = 1.0 - after, 1.0 - thr
-            verdict = "recognized" if after < thr else "not recognized"
-            lines.append(f"{name}: similarity to the clean face 1.00 -> {sim:.2f} (same person at "
-                         f">= {same:.2f}): {verdict}")
-        else:
-            verdict = "recognized" if after < thr else "not recognized"
-            lines.append(f"{name}: distance to the clean face 0.00 -> {after:.2f} (same person "
-                         f"below {thr:.2f}): {verdict}")
-    return lines
-
-
-def dlib_alone_note(config) -> str | None:
-    """The one-line note protect prints when dlib is the only encoder (no real encoder of
-    another family installed or configured), else None."""
-    if [n for n, w in encoders_of(config) if w] == ["dlib_resnet"]:
-        return ("note: only dlib's face recognizer is in the objective, so the protection is "
-                "computed and measured against dlib alone; `idguardian-models install` adds "
-                "real encoders of other families (mobileface, faceres) to the default")
-    return None
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR (dB) of two uint8 photos of one shape; summed exactly in row blocks (int64), so memory
-    stays small for large photos (a float64 copy of a 6000x6000 photo is 864 MB)."""
-    rows = max(1, (1 << 22) // max(1, int(np.prod(a.shape[1:]))))
-    total = 0
-    for r in range(0, a.shape[0], rows):
-        d = a[r:r + rows].astype(np.int32) - b[r:r + rows].astype(np.int32)
-        total += int(np.dot(d.ravel().astype(np.int64), d.ravel().astype(np.int64)))
-    mse = total / float(max(1, a.size))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+# The functional API's names, kept here for callers of `protect.*` (their homes: settings, models,
+# results, writer).
+default_config = settings.default_config
+__all__ = ["FaceReport", "Models", "PhotoResult", "Protector", "UsageError", "default_config",
+           "protect", "protect_files"]
 
 
 def photo_key(rgb: np.ndarray, seed: int) -> np.ndarray:
@@ -316,7 +66,7 @@ class Protector:
         self.config = config
         self.models = models or Models.load(config)
         self.mesh = mesh or parallel.make_mesh()
-        self.cfg = engine_config(config)
+        self.cfg = settings.engine_config(config)
         self.decoy = None
         if config.objective.decoy_photo:
             self.decoy = self._decoy_embeddings(config.objective.decoy_photo)
@@ -527,7 +277,7 @@ class Protector:
         while True:  # rounding can lower the PSNR a little: shrink until the floor holds
             region = np.clip(np.round((x + scale * delta) * 255.0), 0, 255).astype(np.uint8)
             protected = views.paste_region(p.rgb, region, p.plan.region)
-            if floor <= 0 or psnr(protected, p.rgb) >= floor or scale < 0.05:
+            if floor <= 0 or images.psnr(protected, p.rgb) >= floor or scale < 0.05:
                 break
             scale *= 0.97
         budget = int(round(self.cfg.pgd.eps * 255))
@@ -538,7 +288,7 @@ class Protector:
             reports = self.measure(p, protected, in_loop)
         else:
             reports = [FaceReport(box=[int(v) for v in f.box], score=f.score) for f in p.faces]
-        return PhotoResult("protected", protected, reports, psnr(protected, p.rgb), change,
+        return PhotoResult("protected", protected, reports, images.psnr(protected, p.rgb), change,
                            losses=[float(v) for v in losses])
 
     def measure(self, p: _Prepared, protected: np.ndarray, in_loop=None) -> list[FaceReport]:
@@ -559,7 +309,7 @@ class Protector:
             r = FaceReport(box=[int(v) for v in f.box], score=f.score)
             ref = dlib_clean[i].descriptor
             r.distance_before = float(np.linalg.norm(dlib_again_clean[i].descriptor - ref))
-            ma = _match(f.box, again)
+            ma = match_face(f.box, again)
             r.found_again = ma is not None
             if ma is not None:
                 r.distance_after = float(np.linalg.norm(ma.descriptor - ref))
@@ -611,7 +361,7 @@ def _iou(a, b) -> float:
     return inter / float(area(a) + area(b) - inter)
 
 
-def _match(box, faces, min_iou: float = 0.3):
+def match_face(box, faces, min_iou: float = 0.3):
     best = max(faces, key=lambda f: _iou(box, f.box), default=None)
     return best if best is not None and _iou(box, best.box) >= min_iou else None
 
@@ -640,88 +390,9 @@ def protect(images_rgb: np.ndarray | Sequence[np.ndarray], config=None,
     return protector.protect_arrays(list(images_rgb))
 
 
-def default_config():
-    from configs import default
-
-    return default.get_config()
-
-
 # ------------------------------------------------------------------------------------------
 # Files
 # ------------------------------------------------------------------------------------------
-SUMMARY_NAME = "idguardian_summary.jsonl"
-
-
-from idguardian_jax.jobs import UsageError  # noqa: E402  (bad arguments: exit status 2)
-
-
-def _inside(child: str, parent: str) -> bool:
-    child, parent = os.path.realpath(child), os.path.realpath(parent)
-    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
-
-
-def check_output_folder(output_dir: str, input_folders: Sequence[str] = (),
-                        input_files: Sequence[str] = ()) -> None:
-    """UsageError when the output folder equals, contains or sits inside an input folder (or the
-    folder of an --input_list), or contains an input file: a rerun would read outputs as inputs,
-    and outputs could land on the user's files."""
-    for folder in input_folders:
-        if _inside(output_dir, folder):
-            how = ("is" if os.path.realpath(output_dir) == os.path.realpath(folder)
-                   else "is inside")
-            raise UsageError(f"{output_dir}: the output folder {how} the input folder "
-                             f"{folder}; choose a folder outside it")
-        if _inside(folder, output_dir):
-            raise UsageError(f"{output_dir}: the output folder contains the input folder "
-                             f"{folder}; choose a folder outside it")
-    out_real = os.path.realpath(output_dir).rstrip(os.sep) + os.sep
-    for path in input_files:
-        if (os.path.realpath(path) + os.sep).startswith(out_real):
-            raise UsageError(f"{output_dir}: the output folder contains the input {path}; "
-                             f"choose a folder outside the inputs")
-
-
-def output_name(rel: str) -> str:
-    """The report path of an input as a clean relative path (no '..', no leading '/')."""
-    rel = os.path.normpath(rel if not os.path.isabs(rel) else os.path.basename(rel))
-    parts = [p for p in rel.split(os.sep) if p not in ("", ".", "..")]
-    return os.path.join(*parts) if parts else "photo"
-
-
-def plan_outputs(inputs: Sequence[tuple[str, str]], output_dir: str, fmt: str,
-                 input_roots: Sequence[str] = (),
-                 guard_folders: Sequence[str] = ()) -> list[tuple[str, str, str | None, str | None]]:
-    """(open path, report path) -> (open, report, output path or None, error or None).
-
-    The output mirrors the report path under output_dir with the format's extension
-    (`sub/a.jpg` -> `OUTPUT/sub/a.png`). Naming rule for inputs that would share an output
-    (`a.jpg` and `a.png` in one folder): each of them keeps its own extension in the name,
-    `a.jpg.png` and `a.png.png`; any that still collide are reported, not written.
-    Refuses (UsageError) an output folder that equals, contains or sits inside an input folder
-    (input_roots that are folders) or a guard folder (the folder of an --input_list), or that
-    contains an input file.
-    """
-    check_output_folder(output_dir, [r for r in input_roots if os.path.isdir(r)]
-                        + list(guard_folders), [o for o, _ in inputs])
-    ext = images.output_extension(fmt)
-    names = [output_name(rel) for _, rel in inputs]
-    default = [os.path.splitext(n)[0] + ext for n in names]
-    sharing: dict[str, int] = {}
-    for d in default:
-        sharing[d] = sharing.get(d, 0) + 1
-    seen: dict[str, str] = {}
-    out = []
-    for (open_path, rel), name, d in zip(inputs, names, default):
-        target = os.path.join(output_dir, d if sharing[d] == 1 else name + ext)
-        err = None
-        if target in seen:
-            err = f"{open_path}: its output {target} is also the output of {seen[target]}; not written"
-        else:
-            seen[target] = open_path
-        out.append((open_path, rel, None if err else target, err))
-    return out
-
-
 def protect_files(inputs: Sequence[tuple[str, str]], output_dir: str, config,
                   input_roots: Sequence[str] = (), protector: Protector | None = None,
                   progress: bool = True, guard_folders: Sequence[str] = ()) -> dict:
@@ -733,7 +404,7 @@ def protect_files(inputs: Sequence[tuple[str, str]], output_dir: str, config,
     output. A failing photo is recorded with its error and the batch goes on. Under
     jax.distributed each process protects its own shard (idguardian_jax.jobs).
     """
-    from idguardian_jax import jobs, settings
+    from idguardian_jax import jobs
 
     try:  # every setting is checked before any work
         settings.validate(config)
@@ -744,61 +415,6 @@ def protect_files(inputs: Sequence[tuple[str, str]], output_dir: str, config,
         raise UsageError(f"--config.output.format must be one of {', '.join(images.OUTPUT_FORMATS)}")
     if fmt != "png":
         sys.stderr.write("warning: " + images.LOSSY_WARNING.format(fmt=fmt.upper()) + "\n")
-    planned = plan_outputs(inputs, output_dir, fmt, input_roots, guard_folders)
-    try:
-        protector = protector or Protector(config)
-        return jobs.run_job(planned, output_dir, config, protector, progress)
-    except jobs.UsageError as e:
-        raise UsageError(str(e)) from None
-
-
-def _sha256(path: str) -> str:
-    from idguardian_jax import jobs
-
-    return jobs.sha256_file(path)
-
-
-def _no_face(rec: dict, photo: images.Photo, target: str, config, claim=None) -> None:
-    """claim(target): called before writing (jobs.JobDir.claim: records the output as the job's
-    own, or raises ImageWriteError when a file the tool did not write is there)."""
-    if config.output.on_no_face == "copy":
-        if claim is not None:
-            claim(target)
-        images.write_photo(target, photo.rgb, photo, config.output.format,
-                           config.output.strip_metadata, int(config.output.quality),
-                           keep_location=bool(config.output.get("keep_location", False)))
-        rec["status"] = "copied"
-        rec["output_sha256"] = _sha256(target)
-        rec["notes"].append("no face found: copied unchanged, NOT protected")
-    else:
-        rec["status"] = "no_face"
-        rec["output"] = None
-        rec["notes"].append("no face found: not protected, nothing written "
-                            "(--config.output.on_no_face=copy writes it unchanged)")
-
-
-def _write_protected(rec: dict, res: PhotoResult, photo: images.Photo, target: str, config,
-                     eps: float, claim=None) -> None:
-    """Write the protected photo (claim as in _no_face); its PNG provenance carries the settings
-    hash and input hash that let a restart adopt it (jobs.JobDir.adoptable)."""
-    provenance = {"idguardian": json.dumps({"version": VERSION, "settings": rec.get("settings"),
-                                            "input_sha256": rec.get("input_sha256"),
-                                            "budget_255": int(round(eps * 255))})}
-    if claim is not None:
-        claim(target)
-    images.write_photo(target, res.protected, photo, config.output.format,
-                       config.output.strip_metadata, int(config.output.quality),
-                       extra_text=None if config.output.strip_metadata else provenance,
-                       keep_location=bool(config.output.get("keep_location", False)))
-    back = images.read_photo(target, apply_exif_orientation=True)
-    change = int(np.abs(back.rgb.astype(np.int16) - photo.rgb.astype(np.int16)).max())
-    budget = int(round(eps * 255))
-    rec.update(status="protected", faces=[dataclasses.asdict(f) for f in res.faces],
-               psnr=None if res.psnr is None else round(psnr(back.rgb, photo.rgb), 3),
-               max_change=change, budget_255=budget, output_sha256=_sha256(target),
-               final_loss=None if not res.losses else res.losses[-1])
-    if change > budget:
-        if config.output.format == "png":
-            raise AssertionError(f"{target}: written pixels differ by {change} > budget {budget}")
-        rec["notes"].append(f"lossy {config.output.format} output: max change {change} exceeds the "
-                            f"budget {budget} (compression)")
+    planned = writer.plan_outputs(inputs, output_dir, fmt, input_roots, guard_folders)
+    protector = protector or Protector(config)
+    return jobs.run_job(planned, output_dir, config, protector, progress)

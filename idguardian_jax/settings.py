@@ -1,4 +1,5 @@
-"""Checking and describing the protection settings (configs/default.py) before any work.
+"""The protection settings (configs/default.py): checked and described before any work, and
+turned into the engine's dataclasses.
 
 Every field of the config is checked for type, range and finiteness up front, so that a bad value
 is one line naming the field (`--config.attack.steps: must be an integer >= 1, got -5`) and exit
@@ -8,11 +9,17 @@ status 2, never a traceback in the middle of a job. `describe` gives the help te
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 from typing import Any, Callable, Iterator
 
 import ml_collections
+
+from idguardian_jax import __version__, engine, objective
+from idguardian_jax.attack import eot, pgd, transfer
+from idguardian_jax.errors import UsageError
 
 
 class SettingsError(ValueError):
@@ -279,3 +286,119 @@ def resolve_config_path(value: str) -> str:
             and name in shipped_config_names():
         return os.path.join(package_configs_dir(), name + ".py")
     return value
+
+
+# ------------------------------------------------------------------------------------------
+# The engine's dataclasses from a config
+# ------------------------------------------------------------------------------------------
+def engine_config(config) -> engine.EngineConfig:
+    """EngineConfig from an ml_collections config (configs/default.py)."""
+    a, o, j = config.attack, config.objective, config.objective.jitter
+    e = o.get("eot", None)
+
+    def rng(name):
+        v = e.get(name) if e is not None else None
+        return None if not v else (float(v[0]), float(v[1]))
+
+    return engine.EngineConfig(
+        pgd=pgd.PGDConfig(eps=float(config.budget), steps=int(a.steps), step_size=float(a.step_size),
+                          optimizer=a.optimizer, schedule=a.schedule,
+                          final_fraction=float(a.final_fraction), random_start=bool(a.random_start),
+                          momentum=float(a.get("momentum", 0.0))),
+        objective=objective.ObjectiveConfig(
+            encoders=encoders_of(config),
+            objective="decoy" if o.decoy_photo else "away",
+            cap=None if not o.cap else float(o.cap),
+            quantize=bool(o.quantize),
+            baseline=_baseline_config(config),
+            jitter=objective.Jitter(float(j.shift_px), float(j.rotation), float(j.scale)),
+            transfer=_transfer_config(o),
+            eot=eot.EoTConfig(p_identity=float(e.p_identity) if e is not None else 0.0,
+                              jpeg_quality=rng("jpeg_quality"), resize_scale=rng("resize_scale"),
+                              blur_sigma=rng("blur_sigma"), noise_std=rng("noise_std"))),
+        per_device=int(config.batch.per_device),
+        loop=a.loop,
+        deflection=_deflection_config(config))
+
+
+def encoders_of(config) -> tuple[tuple[str, float], ...]:
+    """The objective's encoders: `objective.encoders`, plus (objective.installed_encoders='all')
+    every real encoder installed with `idguardian-models install` that is not listed, weight
+    `objective.installed_weight`. Read from the local install only; nothing is fetched."""
+    o = config.objective
+    listed = tuple((str(n), float(w)) for n, w in o.encoders)
+    if str(o.get("installed_encoders", "none")) != "all":
+        return listed
+    from idguardian_jax.checkpoints import human_models
+
+    have = {n for n, _ in listed}
+    weight = float(o.get("installed_weight", 1.0))
+    return listed + tuple((e.name, weight) for e in human_models.installed_encoders()
+                          if e.name not in have)
+
+
+def _transfer_config(o) -> transfer.TransferConfig:
+    """objective.transfer.* as a TransferConfig: each field present in the config, cast to the
+    type of the dataclass's default; a missing field keeps that default."""
+    t = o.get("transfer", None)
+    if t is None:
+        return transfer.TransferConfig()
+    return transfer.TransferConfig(**{
+        f.name: type(f.default)(t[f.name])
+        for f in dataclasses.fields(transfer.TransferConfig) if f.name in t})
+
+
+def _baseline_config(config):
+    d = config.get("diffusion", None)
+    if d is None or not d.get("baseline", ""):
+        return None
+    if d.baseline not in ("advdm", "photoguard"):
+        raise UsageError(f"--config.diffusion.baseline must be advdm or photoguard, got {d.baseline!r}")
+    return objective.BaselineTerm(kind=d.baseline, weight=float(d.baseline_weight),
+                                  view=d.baseline_view, t_min=int(d.t_min), t_max=int(d.t_max))
+
+
+def diffusion_wanted(config) -> bool:
+    d = config.get("diffusion", None)
+    return d is not None and (bool(d.get("enabled", False)) or bool(d.get("baseline", "")))
+
+
+def _deflection_config(config):
+    from idguardian_jax.losses import deflection
+
+    d = config.get("diffusion", None)
+    if d is None or not d.get("enabled", False):
+        return None
+    return deflection.DeflectionConfig(t_min=int(d.t_min), t_max=int(d.t_max),
+                                       noise_samples=int(d.noise_samples), variant=d.variant,
+                                       ip_scale=float(d.ip_scale), weight=float(d.weight))
+
+
+def settings_hash(config) -> str:
+    """Identifies everything that changes the protected pixels (rerun skips on a match)."""
+    relevant = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
+                for k in ("seed", "budget", "budget_psnr", "attack", "objective", "detect",
+                          "diffusion") if k in config}
+    relevant["encoders_used"] = encoders_of(config)
+    # every output setting: what is written (format, quality, metadata, location, no-face copy)
+    # and which photos are read at all (max_pixels)
+    relevant["output"] = config.output.to_dict()
+    relevant["version"] = __version__
+    blob = json.dumps(relevant, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def dlib_alone_note(config) -> str | None:
+    """The one-line note protect prints when dlib is the only encoder (no real encoder of
+    another family installed or configured), else None."""
+    if [n for n, w in encoders_of(config) if w] == ["dlib_resnet"]:
+        return ("note: only dlib's face recognizer is in the objective, so the protection is "
+                "computed and measured against dlib alone; `idguardian-models install` adds "
+                "real encoders of other families (mobileface, faceres) to the default")
+    return None
+
+
+def default_config():
+    from configs import default
+
+    return default.get_config()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from idguardian_jax.faces import detect as D
+from idguardian_jax.faces import detect as D, pyramid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELD_OUT = os.path.join(HERE, "data", "astronaut_dlib_cnn.json")
@@ -195,7 +195,7 @@ def test_bands_and_buckets_do_not_change_scores(detector, astronaut, monkeypatch
     img = astronaut[:200, 130:380]
     ref, rects = D.score_map(img, detector, 1)
     monkeypatch.setattr(D, "_MAX_BAND_ROWS", 64)
-    monkeypatch.setattr(D, "_bucket", lambda n: n)
+    monkeypatch.setattr(pyramid, "bucket_width", lambda n: n)
     banded, rects2 = D.score_map(img, detector, 1)
     assert rects == rects2
     assert ref.shape == banded.shape and ref.shape[0] > 64
@@ -233,10 +233,10 @@ def test_pyramid_up_size_and_layout():
     up = D.pyramid_up(img)
     assert up.shape == (2 * 37 + 1, 2 * 53 + 2, 3) and up.dtype == np.uint8
     for h, w in [(1025, 1026), (4409, 1942), (75, 108), (661, 1126)]:
-        rows, cols, rects = D._tile_pyramid(h, w, 6, 10, 11)
+        rows, cols, rects = pyramid.tile_pyramid(h, w, 6, 10, 11)
         assert rects[0] == (11, 11, 11 + w - 1, 11 + h - 1)
         assert cols == w + 22
-        sizes = D._level_sizes(h, w, 6)
+        sizes = pyramid.level_sizes(h, w, 6)
         assert len(rects) <= len(sizes)
         for (l, t, r, b), (lh, lw) in zip(rects, sizes):
             assert (b - t + 1, r - l + 1) == (lh, lw)

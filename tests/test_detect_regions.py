@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from idguardian_jax.faces import analyze, detect as D, detect_regions as R
+from idguardian_jax.faces import analyze, detect as D, detect_regions as R, pyramid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FACES_DIR = os.environ.get("IDGUARDIAN_FACES_DIR", os.path.join(HERE, "..", "..", "shared", "faces"))
@@ -49,9 +49,9 @@ def test_canvas_tiles_are_the_full_canvas(models, h, w, up):
     full = img
     for _ in range(up):
         full = D.pyramid_up(full)
-    rows, cols, rects = D._tile_pyramid(*full.shape[:2], det.pyramid_down_n, det.pyramid_padding,
+    rows, cols, rects = pyramid.tile_pyramid(*full.shape[:2], det.pyramid_down_n, det.pyramid_padding,
                                         det.pyramid_outer_padding)
-    canvas = D._build_canvas(full, det, rows, cols, rects)
+    canvas = pyramid.build_canvas(full, det.mean_rgb, rows, cols, rects)
     geo = R.PyramidGeometry(h, w, det, up)
     assert geo.rects == rects and (geo.rows, geo.cols) == (rows, cols)
     tiles = [(-20, 50, -5, 40), (30, rows + 10, 10, cols - 3), (0, rows, 0, cols)]

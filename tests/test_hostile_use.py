@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from idguardian_jax import images, jobs, jsonio, protect
+from idguardian_jax import images, jobs, jsonio, protect, settings, writer
+from idguardian_jax.checkpoints import cache
 from idguardian_jax.cli import common
 from idguardian_jax.evaluate import inputs as eval_inputs
 
@@ -80,7 +81,7 @@ def test_absolute_and_relative_file_inputs_map_alike(tmp_path, monkeypatch):
     dot = common.list_inputs(["./sub/../sub/a.jpg"], files_by_name=True)
     assert rel[0][1] == ab[0][1] == dot[0][1] == "a.jpg"
     out = str(tmp_path / "out")
-    targets = {protect.plan_outputs(x, out, "png")[0][2] for x in (rel, ab, dot)}
+    targets = {writer.plan_outputs(x, out, "png")[0][2] for x in (rel, ab, dot)}
     assert targets == {os.path.join(out, "a.png")}
 
 
@@ -124,7 +125,7 @@ def test_cli_refuses_output_beside_the_input_list(tmp_path):
 
 
 def test_same_stem_inputs_get_distinct_outputs():
-    planned = protect.plan_outputs([("in/a.jpg", "a.jpg"), ("in/a.png", "a.png"),
+    planned = writer.plan_outputs([("in/a.jpg", "a.jpg"), ("in/a.png", "a.png"),
                                     ("in/b.jpg", "b.jpg"), ("in/s/a.jpg", "s/a.jpg")], "out", "png")
     assert [t for _, _, t, _ in planned] == [os.path.join("out", "a.jpg.png"),
                                             os.path.join("out", "a.png.png"),
@@ -154,16 +155,16 @@ def test_only_its_own_temporaries_are_removed(tmp_path, protector):
 # -------------------------------------------------------------------------- job integrity
 def test_one_job_per_output_folder(tmp_path, protector):
     out = tmp_path / "out"
-    first = jobs.JobDir(str(out), "s1")
+    first = writer.JobDir(str(out), "s1")
     try:
         with pytest.raises(jobs.UsageError, match="another idguardian-protect job"):
-            jobs.JobDir(str(out), "s1")
+            writer.JobDir(str(out), "s1")
         _blank(tmp_path / "a.png")
         with pytest.raises(protect.UsageError, match="another idguardian-protect job"):
             _run([(str(tmp_path / "a.png"), "a.png")], out, protector)
     finally:
         first.close()
-    jobs.JobDir(str(out), "s1").close()  # free again
+    writer.JobDir(str(out), "s1").close()  # free again
 
 
 def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path):
@@ -171,20 +172,20 @@ def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path):
     out.mkdir()
     (out / "idguardian_summary.jsonl").write_text('{"path": "a.png", "status": "copied"}\n'
                                                   '{"path": "b.png", "sta')
-    job = jobs.JobDir(str(out), "s")
+    job = writer.JobDir(str(out), "s")
     job.append({"path": "c.png", "status": "copied"})
     job.close()
-    got = [r["path"] for r in jobs.read_jsonl(str(out / "idguardian_summary.jsonl"))]
+    got = [r["path"] for r in writer.read_jsonl(str(out / "idguardian_summary.jsonl"))]
     assert got == ["a.png", "c.png"]
 
 
 def test_every_output_setting_is_in_the_settings_hash():
-    base = protect.settings_hash(tiny.get_config())
+    base = settings.settings_hash(tiny.get_config())
     for field, value in (("on_no_face", "copy"), ("quality", 80), ("keep_location", True),
                          ("strip_metadata", True), ("max_pixels", 10)):
         cfg = tiny.get_config()
         cfg.output[field] = value
-        assert protect.settings_hash(cfg) != base, field
+        assert settings.settings_hash(cfg) != base, field
 
 
 def test_a_corrupt_job_file_is_refused(tmp_path, protector):
@@ -192,10 +193,10 @@ def test_a_corrupt_job_file_is_refused(tmp_path, protector):
     out.mkdir()
     _blank(tmp_path / "a.png")
     for junk in (b"{not json", b"[1, 2]", b"\xff\xfe"):
-        (out / jobs.JOB_FILE).write_bytes(junk)
+        (out / writer.JOB_FILE).write_bytes(junk)
         with pytest.raises(protect.UsageError, match="job file"):
             _run([(str(tmp_path / "a.png"), "a.png")], out, protector)
-        assert (out / jobs.JOB_FILE).read_bytes() == junk
+        assert (out / writer.JOB_FILE).read_bytes() == junk
 
 
 def test_report_merge_survives_a_full_disk(tmp_path, monkeypatch, capsys):
@@ -207,7 +208,7 @@ def test_report_merge_survives_a_full_disk(tmp_path, monkeypatch, capsys):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(jsonio, "write_json_atomic", full)
-    got = jobs._merge_reports(str(out))
+    got = writer.merge_reports(str(out))
     assert got["photos"] == 1 and "No space left" in got["error"]
     assert "cannot write the report" in capsys.readouterr().err
 
@@ -419,10 +420,10 @@ def test_evaluation_trusts_no_record_by_default_or_without_matching_checksums(tm
     clean, prot = tmp_path / "a.png", tmp_path / "a_protected.png"
     _blank(clean, 10)
     _blank(prot, 10)  # an unprotected copy planted in the protected folder
-    rec = {"status": "protected", "input_sha256": eval_inputs.file_sha256(str(clean)),
+    rec = {"status": "protected", "input_sha256": cache.file_sha256(str(clean)),
            "output_sha256": "0" * 64, "faces": [{"box": [0, 0, 5, 5], "score": 1.0}]}
     records = {rec["input_sha256"]: rec}
     assert eval_inputs.reusable_boxes(records, str(clean), str(prot)) is None
     assert eval_inputs.reusable_boxes(records, str(clean), None) is None
-    rec["output_sha256"] = eval_inputs.file_sha256(str(prot))
+    rec["output_sha256"] = cache.file_sha256(str(prot))
     assert eval_inputs.reusable_boxes(records, str(clean), str(prot)) == [((0, 0, 5, 5), 1.0)]

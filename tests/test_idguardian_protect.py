@@ -12,7 +12,7 @@ import diffusion_reference as dr  # noqa: E402
 import reference_models as rm  # noqa: E402
 
 from configs import idguardian  # noqa: E402
-from idguardian_jax import protect  # noqa: E402
+from idguardian_jax import protect, settings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_every_config_builds_its_loop(name):
     import importlib
 
     cfg = importlib.import_module(f"configs.{name}").get_config()
-    ec = protect.engine_config(cfg)
+    ec = settings.engine_config(cfg)
     assert 0 < ec.pgd.eps <= 8 / 255 + 1e-9
     b = cfg.diffusion.get("baseline", "")
     assert (ec.objective.baseline is not None) == bool(b)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from idguardian_jax import images, jobs
+from idguardian_jax import images, jobs, writer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = ("n000050_A_0003_01.png", "n000050_A_0010_01.png", "n000050_A_0075_01.png",
@@ -83,7 +83,7 @@ def test_two_processes_four_devices_each_match_one_process(small_photos, referen
     assert _digests(out) == reference and len(reference) == len(PHOTOS)
     shards = [f for f in os.listdir(out) if f.startswith("idguardian_summary.p")]
     assert len(shards) == 2  # each process recorded its own shard
-    report = json.loads((out / jobs.REPORT_FILE).read_text())
+    report = json.loads((out / writer.REPORT_FILE).read_text())
     assert report["counts"] == {"protected": len(PHOTOS), "no_face": 1}
     paths = [r["path"] for r in report["records"]]
     assert len(paths) == len(set(paths)) == len(PHOTOS) + 1

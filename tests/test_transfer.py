@@ -104,23 +104,23 @@ def test_threshold_weight_falls_from_one_to_the_floor_at_the_goal():
 # ------------------------------------------------------------------------------------------
 @pytest.mark.real_encoders
 def test_default_config_adds_every_installed_encoder(installed):
-    from idguardian_jax import protect
+    from idguardian_jax import settings
 
-    cfg = protect.default_config()
-    names = [n for n, _ in protect.encoders_of(cfg)]
+    cfg = settings.default_config()
+    names = [n for n, _ in settings.encoders_of(cfg)]
     assert names == ["dlib_resnet"] + sorted(installed)
-    assert protect.dlib_alone_note(cfg) is None
+    assert settings.dlib_alone_note(cfg) is None
     cfg.objective.installed_encoders = "none"
-    assert [n for n, _ in protect.encoders_of(cfg)] == ["dlib_resnet"]
-    assert "dlib alone" in protect.dlib_alone_note(cfg)
+    assert [n for n, _ in settings.encoders_of(cfg)] == ["dlib_resnet"]
+    assert "dlib alone" in settings.dlib_alone_note(cfg)
 
 
 def test_without_installs_the_default_is_dlib_alone():
-    from idguardian_jax import protect
+    from idguardian_jax import settings
 
-    cfg = protect.default_config()
-    assert [n for n, _ in protect.encoders_of(cfg)] == ["dlib_resnet"]
-    assert "dlib alone" in protect.dlib_alone_note(cfg)
+    cfg = settings.default_config()
+    assert [n for n, _ in settings.encoders_of(cfg)] == ["dlib_resnet"]
+    assert "dlib alone" in settings.dlib_alone_note(cfg)
 
 
 @pytest.mark.real_encoders
@@ -129,9 +129,9 @@ def test_gradient_balance_is_the_sum_of_unit_encoder_gradients(installed, faces_
     import functools
     import os
 
-    from idguardian_jax import engine, images, objective, protect
+    from idguardian_jax import engine, images, objective, protect, settings
 
-    cfg = protect.default_config()
+    cfg = settings.default_config()
     cfg.objective.installed_encoders = "none"
     cfg.objective.encoders = (("dlib_resnet", 1.0), ("mobileface", 2.0))
     cfg.objective.transfer.balance = "gradient"

@@ -18,12 +18,12 @@ Exit status: 0 converted and verified, 1 the checkpoint could not be read or did
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 
 from absl import app, flags
 
+from idguardian_jax.checkpoints import cache
 from idguardian_jax.cli import common
 
 FLAGS = flags.FLAGS
@@ -55,14 +55,10 @@ def convert(encoder: str, checkpoint: str | None, output: str) -> dict:
     diff = float(np.abs(a - b).max())
     if diff != 0.0:
         raise ValueError(f"{output}: verification failed: embeddings differ by {diff}")
-    h = hashlib.sha256()
-    with open(output, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
     n = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
     module = sys.modules[enc.load.__module__]
     trainable = int(module.param_count(params)) if hasattr(module, "param_count") else n
-    return {"params": trainable, "values": n, "sha256": h.hexdigest(), "max_abs_diff": diff}
+    return {"params": trainable, "values": n, "sha256": cache.file_sha256(output), "max_abs_diff": diff}
 
 
 def main(argv: list[str]) -> int:

@@ -52,7 +52,7 @@ def _usage(msg: str):
 
 
 def main(argv: list[str]) -> int:
-    from idguardian_jax import jobs, parallel, protect, settings
+    from idguardian_jax import jobs, parallel, protect, results, settings
 
     paths = list(FLAGS.input) + argv[1:]
     if not paths and not FLAGS.input_list:
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
         settings.validate(config)
     except settings.SettingsError as e:
         raise _usage(str(e))
-    note = protect.dlib_alone_note(config)
+    note = settings.dlib_alone_note(config)
     if note:
         print(note)
     n, i = FLAGS.num_processes, FLAGS.process_id
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
             for i, f in enumerate(r["faces"]):
                 print(f"{r['path']} face {i}: PSNR {r['psnr']:.1f} dB, max change "
                       f"{r['max_change']}/255; found again on the written photo:")
-                for line in protect.describe_face(f):
+                for line in results.describe_face(f):
                     print(f"  {line}")
     parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     where = "" if summary.get("report") is None else " (all processes: OUTPUT/idguardian_report.json)"

@@ -5,8 +5,20 @@ page cannot fetch anything even if a path in it looked like a URL.
 """
 from __future__ import annotations
 
+import base64
+import html
+from typing import Any
+
 from idguardian_jax.evaluate import plots
-from idguardian_jax.evaluate.report import data_uri, escape
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def escape(s: Any) -> str:
+    return html.escape(str(s), quote=True)
+
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 

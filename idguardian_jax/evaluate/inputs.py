@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import os
 
+from idguardian_jax.checkpoints.cache import file_sha256
 from idguardian_jax.cli import common
-
-SUMMARY_NAME = "idguardian_summary.jsonl"
+from idguardian_jax.writer import SUMMARY_NAME
 
 
 class InputError(ValueError):
@@ -114,14 +113,6 @@ def person_of(key: str, labels: dict[str, str]) -> str | None:
         if _stem(k) == stem:
             return v
     return None
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def protect_records(protected_dir: str) -> dict[str, dict]:

@@ -10,14 +10,12 @@
 """
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import math
 import os
 import statistics
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -226,11 +224,3 @@ def thumbnails(clean: np.ndarray, protected: np.ndarray, size: int = 320) -> dic
             "protected": _jpeg(small(protected, Image.LANCZOS)),
             "difference": _jpeg(small(diff, Image.NEAREST), 92),
             "gain": f"{gain:.0f}".encode()}
-
-
-def data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def escape(s: Any) -> str:
-    return html.escape(str(s), quote=True)

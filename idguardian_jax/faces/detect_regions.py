@@ -8,7 +8,7 @@ Here the same scores are computed only where faces are:
    dlib's canvas is a chain of bilinear resizes (pyramid_up per upsampling, then each pyramid level
    from the previous one) whose sample positions depend only on the *full* image and level sizes.
    So any rectangle of any level can be computed bit-identically from a slightly larger rectangle
-   of the level above, down to a rectangle of the photo: `_resize_region` is detect's resize
+   of the level above, down to a rectangle of the photo: `pyramid.resize_part` is the pyramid's resize
    restricted to output rows/columns (same arithmetic, same float32/float64 steps). The CNN then runs
    on a canvas tile with its global row/column offsets and dlib's zero extents (as detect's bands do
    for rows, here for both axes), so a tile's scores equal the full canvas's scores at the same
@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from idguardian_jax.faces import detect as D
+from idguardian_jax.faces import detect as D, pyramid
 
 __all__ = ["PyramidGeometry", "refine", "detect_faces_bounded", "bounded_candidates", "box_iou"]
 
@@ -66,18 +66,6 @@ CANDIDATE_THRESHOLD = -0.4
 # ------------------------------------------------------------------------------------------
 # Geometry of dlib's canvas for one image size
 # ------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class _Stage:
-    """One resize of the chain: in_shape -> out_shape (rows, cols); kind 'u8' (pyramid_up on RGB
-    uint8) or 'f32' (a pyramid level from the previous one, float)."""
-
-    in_shape: tuple[int, int]
-    out_shape: tuple[int, int]
-    kind: str
-    rows: tuple  # (top, bottom, frac) of detect._row_coords
-    cols: D._Cols
-
-
 class PyramidGeometry:
     """dlib's canvas for an (h, w) photo at `upsample`: resize chain, level rects, extents.
 
@@ -91,20 +79,20 @@ class PyramidGeometry:
         shapes = [(h, w)]
         for _ in range(self.upsample):
             hh, ww = shapes[-1]
-            shapes.append((D._lround((hh - 1 + 0.75) * 2) + 1, D._lround((ww - 1 + 1.25) * 2) + 1))
+            shapes.append((pyramid.lround((hh - 1 + 0.75) * 2) + 1, pyramid.lround((ww - 1 + 1.25) * 2) + 1))
         h0, w0 = shapes[-1]
-        self.rows, self.cols, self.rects = D._tile_pyramid(
+        self.rows, self.cols, self.rects = pyramid.tile_pyramid(
             h0, w0, detector.pyramid_down_n, detector.pyramid_padding, detector.pyramid_outer_padding)
         self.n_levels = len(self.rects)
         for l, t, r, b in self.rects[1:]:
             shapes.append((b - t + 1, r - l + 1))
         self.shapes = shapes
-        self.stages: list[_Stage | None] = [None]
+        self.stages: list[pyramid.Stage | None] = [None]
         for i in range(1, len(shapes)):
             kind = "u8" if i <= self.upsample else "f32"
-            self.stages.append(_Stage(shapes[i - 1], shapes[i], kind,
-                                      D._row_coords(shapes[i - 1][0], shapes[i][0]),
-                                      D._Cols(shapes[i - 1][1], shapes[i][1])))
+            self.stages.append(pyramid.Stage(shapes[i - 1], shapes[i], kind,
+                                      pyramid.row_coords(shapes[i - 1][0], shapes[i][0]),
+                                      pyramid.Cols(shapes[i - 1][1], shapes[i][1])))
         if self.rects:
             self.valid = D._valid_sizes(detector.layers, self.rows, self.cols)
             self.out_rows, self.out_cols = self.valid[-1]
@@ -136,91 +124,10 @@ class PyramidGeometry:
         return x + l, y + t
 
 
-# ------------------------------------------------------------------------------------------
-# Parts of resized images, bit-identical to detect's full resizes
-# ------------------------------------------------------------------------------------------
-def _source_span(st: _Stage, r0: int, r1: int, c0: int, c1: int) -> tuple[int, int, int, int]:
-    """Rows/cols [sr0, sr1) x [sc0, sc1) of the stage's input read by its outputs [r0, r1) x [c0, c1)."""
-    top, bottom, _ = st.rows
-    sr0, sr1 = int(top[r0:r1].min()), int(bottom[r0:r1].max()) + 1
-    cols, ns = st.cols, st.cols.n_simd
-    lo, hi = [], []
-    if min(c1, ns) > c0:
-        lo.append(int(cols.simd_left[c0:min(c1, ns)].min()))
-        hi.append(int(cols.simd_right[c0:min(c1, ns)].max()))
-    if c1 > max(c0, ns):
-        a, b = max(c0, ns) - ns, c1 - ns
-        lo.append(int(cols.tail_left[a:b].min()))
-        hi.append(int(cols.tail_right[a:b].max()))
-    return sr0, sr1, min(lo), max(hi) + 1
-
-
-class _SimdSlice:
-    """The columns [a, b) of a detect._Cols vector part, indices relative to source column sc0."""
-
-    def __init__(self, cols: D._Cols, a: int, b: int, sc0: int):
-        self.simd_left = cols.simd_left[a:b] - sc0
-        self.simd_right = cols.simd_right[a:b] - sc0
-        self.simd_lr = cols.simd_lr[a:b]
-        self.simd_ilr = cols.simd_ilr[a:b]
-
-
-def _resize_region(src: np.ndarray, sr0: int, sc0: int, st: _Stage, r0: int, r1: int, c0: int,
-                   c1: int, chunk: int = 32, mean: np.ndarray | None = None) -> np.ndarray:
-    """Outputs [r0, r1) x [c0, c1) of the stage's resize, from `src` = its input's rows/cols starting
-    at (sr0, sc0). Same arithmetic as detect._resize_rgb_u8 ('u8') / detect._resize_float ('f32').
-    mean: for level 1, whose input (level 0) is kept as uint8 pixels: the rows read are first
-    converted to (pixel - mean) / 256 float32 (the same values as converting the whole level)."""
-    top, bottom, tb = st.rows
-    cols, ns = st.cols, st.cols.n_simd
-    out = np.empty((r1 - r0, c1 - c0, 3), np.uint8 if st.kind == "u8" else np.float32)
-    a, b = c0, min(c1, ns)
-    simd = _SimdSlice(cols, a, b, sc0) if b > a else None
-    t0, t1 = max(c0, ns), c1
-    if t1 > t0:
-        tl = cols.tail_left[t0 - ns:t1 - ns] - sc0
-        tr = cols.tail_right[t0 - ns:t1 - ns] - sc0
-        tlr = cols.tail_lr[t0 - ns:t1 - ns]
-    one = np.float32(1)
-    for q0 in range(r0, r1, chunk):
-        q1 = min(r1, q0 + chunk)
-        s_t, s_b = src[top[q0:q1] - sr0], src[bottom[q0:q1] - sr0]
-        if mean is not None:
-            s_t = (s_t.astype(np.float32) - mean) / np.float32(256)
-            s_b = (s_b.astype(np.float32) - mean) / np.float32(256)
-        tbd = tb[q0:q1, None, None]
-        o = out[q0 - r0:q1 - r0]
-        if simd is not None:
-            v = D._simd_block(s_t, s_b, tbd, simd)
-            o[:, :b - a] = v.astype(np.int32) if st.kind == "u8" else v
-        if t1 > t0:
-            j = t0 - c0
-            if st.kind == "u8":
-                lr = tlr[None, :, None]
-                t64, b64 = s_t.astype(np.float64), s_b.astype(np.float64)
-                v = ((1 - tbd) * ((1 - lr) * t64[:, tl] + lr * t64[:, tr])
-                     + tbd * ((1 - lr) * b64[:, tl] + lr * b64[:, tr]))
-                o[:, j:] = v.astype(np.int32)
-            else:
-                lr = tlr.astype(np.float32)[None, :, None]
-                il = one - lr
-                top_mix = il * s_t[:, tl] + lr * s_t[:, tr]
-                bot_mix = il * s_b[:, tl] + lr * s_b[:, tr]
-                o[:, j:] = ((1 - tbd) * top_mix.astype(np.float64)
-                            + tbd * bot_mix.astype(np.float64)).astype(np.float32)
-    return out
-
-
-def _union(a, b):
-    if a is None:
-        return b
-    return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
-
-
 def _canvas_tiles(image: np.ndarray, geo: PyramidGeometry, tiles: Sequence[tuple[int, int, int, int]]):
     """The canvas pixels of each tile (R0, R1, C0, C1) (canvas rows/cols, may extend past the
     canvas: those pixels are 0), computed through the resize chain on the needed parts only.
-    Returns a list of (R1 - R0, C1 - C0, 3) float32 arrays equal to detect._build_canvas's."""
+    Returns a list of (R1 - R0, C1 - C0, 3) float32 arrays equal to pyramid.build_canvas's."""
     n_stages = len(geo.stages)
     u = geo.upsample
     need: list = [None] * n_stages
@@ -231,13 +138,13 @@ def _canvas_tiles(image: np.ndarray, geo: PyramidGeometry, tiles: Sequence[tuple
         for lev, (l, t, r, b) in enumerate(geo.rects):
             ir0, ir1, ic0, ic1 = max(R0, t), min(R1, b + 1), max(C0, l), min(C1, r + 1)
             if ir1 > ir0 and ic1 > ic0:
-                need[u + lev] = _union(need[u + lev], (ir0 - t, ir1 - t, ic0 - l, ic1 - l))
-                own[u + lev] = _union(own[u + lev], (ir0 - t, ir1 - t, ic0 - l, ic1 - l))
+                need[u + lev] = pyramid.union(need[u + lev], (ir0 - t, ir1 - t, ic0 - l, ic1 - l))
+                own[u + lev] = pyramid.union(own[u + lev], (ir0 - t, ir1 - t, ic0 - l, ic1 - l))
                 mine.append((lev, ir0, ir1, ic0, ic1))
         hits.append(mine)
     for s in range(n_stages - 1, 0, -1):
         if need[s] is not None:
-            need[s - 1] = _union(need[s - 1], _source_span(geo.stages[s], *need[s]))
+            need[s - 1] = pyramid.union(need[s - 1], pyramid.source_span(geo.stages[s], *need[s]))
     regions: list = [None] * n_stages
     mean = np.asarray(geo.detector.mean_rgb, np.float32)
     for s in range(n_stages):
@@ -248,7 +155,7 @@ def _canvas_tiles(image: np.ndarray, geo: PyramidGeometry, tiles: Sequence[tuple
             regions[0] = image[r0:r1, c0:c1]
         else:
             sr0, _, sc0, _ = need[s - 1]
-            regions[s] = _resize_region(regions[s - 1], sr0, sc0, geo.stages[s], *need[s],
+            regions[s] = pyramid.resize_part(regions[s - 1], sr0, sc0, geo.stages[s], *need[s],
                                         mean=mean if s == u + 1 else None)
             # the previous stage is done feeding the chain: keep only what the tiles read of it
             prev = s - 1
@@ -410,7 +317,7 @@ def refine(image: np.ndarray, detector: D.MMODDetector, boxes: Sequence[tuple[in
     win = _region_scores(image, geo, origins, tile, float(adjust_threshold))
     dets = D.windows_to_detections(win.k, win.r, win.c, win.conf, geo.rects, detector,
                                    int(upsample_num_times))
-    out, used = [], set()
+    used = set()
     for b in boxes:
         best = max((i for i in range(len(dets)) if i not in used),
                    key=lambda i: box_iou(b, dets[i].rect), default=None)
