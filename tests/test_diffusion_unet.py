@@ -23,7 +23,7 @@ import diffusion_reference as dr  # noqa: E402
 import reference_models as rm  # noqa: E402
 from idguardian_jax.checkpoints.tensors import CheckpointError  # noqa: E402
 from idguardian_jax.diffusion import ip_adapter as ipa  # noqa: E402
-from idguardian_jax.diffusion import loaders  # noqa: E402
+from idguardian_jax.diffusion import loaders, state_dicts  # noqa: E402
 from idguardian_jax.diffusion import schedule as sched  # noqa: E402
 from idguardian_jax.diffusion import text as text_lib  # noqa: E402
 from idguardian_jax.diffusion import unet as unet_lib  # noqa: E402
@@ -143,7 +143,7 @@ def test_real_unet_layouts(name):
     n_ip = 2 * sum(widths) * cfg.cross_attention_dim[0]
     assert sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(exp)) == \
         dr.REAL_UNET_PARAMS[name] + n_ip
-    loaders.check_layout(shapes, _drop_ip(exp), name, "the UNet")
+    state_dicts.check_layout(shapes, _drop_ip(exp), name, "the UNet")
 
 
 def _drop_ip(tree):

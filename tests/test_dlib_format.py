@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from idguardian_jax.checkpoints import bundled, dlib_format
+from idguardian_jax.checkpoints import bundled, dlib_format, dlib_shape_predictor
 
 
 def test_integer_encoding():
@@ -74,7 +74,7 @@ def test_empty_and_foreign_files(tmp_path):
     with pytest.raises(dlib_format.DlibFormatError, match=r"photo.dat: .*byte offset 0"):
         dlib_format.read_dnn(png)
     with pytest.raises(dlib_format.DlibFormatError, match=r"photo.dat"):
-        dlib_format.read_shape_predictor(png)
+        dlib_shape_predictor.read_shape_predictor(png)
 
 
 def test_garbled_layer_tag(tmp_path):
@@ -98,4 +98,4 @@ def test_truncated_shape_predictor(tmp_path):
     path = tmp_path / "sp.dat"
     path.write_bytes(data[:len(data) // 3])
     with pytest.raises(dlib_format.DlibFormatError, match=r"sp.dat: .*file ends early.*byte offset"):
-        dlib_format.read_shape_predictor(path)
+        dlib_shape_predictor.read_shape_predictor(path)

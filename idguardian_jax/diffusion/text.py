@@ -110,7 +110,7 @@ def _load_encoder(folder: str):
     embedding)."""
     import jax
 
-    from idguardian_jax.diffusion import loaders
+    from idguardian_jax.diffusion import state_dicts
 
     CLIPTextConfig, FlaxCLIPTextModel, FlaxCLIPTextModelWithProjection = adapter.clip_text_models()
     adapter.silence_transformers_flax_warnings()
@@ -130,10 +130,10 @@ def _load_encoder(folder: str):
     model = cls(config, _do_init=False)
     shapes = jax.eval_shape(lambda r: model.init_weights(r, (1, 1)), jax.random.PRNGKey(0))
     exp = {tuple(k): v for k, v in _flatten(shapes).items()}
-    files = loaders.weight_files(folder, "model")
+    files = state_dicts.weight_files(folder, "model")
     where = files[0] if len(files) == 1 else folder
     params: dict[tuple[str, ...], np.ndarray] = {}
-    for key, file, get in loaders.iter_safetensors(files):
+    for key, file, get in state_dicts.iter_safetensors(files):
         parts = tuple(key.split("."))
         mods, leaf = parts[:-1], parts[-1]
         if key == "text_model.embeddings.position_ids":

@@ -9,7 +9,8 @@ between clean photos and their protected copies, after post-processing transform
 from __future__ import annotations
 
 from idguardian_jax.evaluate import metrics, report, transforms
-from idguardian_jax.evaluate.core import Evaluator, FaceEval, PhotoEval, Run, Variant
+from idguardian_jax.evaluate.core import Evaluator
+from idguardian_jax.evaluate.records import FaceEval, PhotoEval, Run, Variant
 
 
 def evaluate_folders(clean_dir: str, protected_dir: str, identities=None, *,

@@ -10,11 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def psnr(clean: np.ndarray, other: np.ndarray) -> float:
-    """PSNR in dB on 0-255 values over the whole photo (inf when identical)."""
-    mse = float(np.mean((clean.astype(np.float64) - other.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0 ** 2 / mse))
+from idguardian_jax.images import psnr  # noqa: F401  (metrics.psnr: PSNR in dB over the whole photo)
 
 
 def max_change(clean: np.ndarray, other: np.ndarray) -> int:

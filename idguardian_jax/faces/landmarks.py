@@ -39,7 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from idguardian_jax.checkpoints import bundled, cache, dlib_format
+from idguardian_jax.checkpoints import bundled, cache, dlib_shape_predictor
 
 __all__ = [
     "ShapePredictor",
@@ -109,7 +109,7 @@ _DTYPES = {"initial_shape": np.float32, "splits_idx": np.int32, "splits_thresh":
 
 
 def _parse(path: str) -> tuple[dict[str, Any], Any]:
-    sp = dlib_format.read_shape_predictor(path)
+    sp = dlib_shape_predictor.read_shape_predictor(path)
     return {k: getattr(sp, k) for k in _FIELDS}, {"num_parts": sp.num_parts}
 
 
@@ -252,7 +252,7 @@ def _check_rects(rects: Any, single: bool) -> np.ndarray:
 def _as_predictor(predictor: Any) -> ShapePredictor:
     if isinstance(predictor, ShapePredictor):
         return predictor
-    if all(hasattr(predictor, k) for k in _FIELDS):  # e.g. a dlib_format.ShapePredictorFile
+    if all(hasattr(predictor, k) for k in _FIELDS):  # e.g. a dlib_shape_predictor.ShapePredictorFile
         return ShapePredictor(**{k: np.ascontiguousarray(getattr(predictor, k), dtype=_DTYPES[k])
                                  for k in _FIELDS})
     raise ValueError(f"predictor must be a ShapePredictor from load_shape_predictor(), "
