@@ -6,7 +6,7 @@ each encoder's own best progress that one balanced sign step gives it.
 For each labelled photo (its largest face, configs/default.py with every installed encoder), at a
 few random points of the budget (uniform in +-4/255 inside the perturbation's support) and random
 draws of the loop's view randomness, each encoder's identity loss gradient w.r.t. the photo is
-computed (idguardian_jax.objective.encoder_loss, as the balanced loop does). Printed:
+computed (idguardian_jax.losses.objective.encoder_loss, as the balanced loop does). Printed:
 
 - the mean pairwise cosine of those gradients: near 0 means a step good for one encoder does
   nothing for the other to first order, i.e. the perturbation has no reason to transfer;
@@ -24,7 +24,8 @@ import labelled_faces
 import numpy as np
 from absl import app, flags
 
-from idguardian_jax import objective, protect
+from idguardian_jax import protect
+from idguardian_jax.losses import objective
 from idguardian_jax.faces import analyze
 
 FLAGS = flags.FLAGS
@@ -46,15 +47,15 @@ def main(argv):
     shares = {(k, n): [] for k in ("l2", "l1", "vote") for n in names}
     for i, (rgb, f) in enumerate(zip(rgbs, faces)):
         p = prot.prepare(i, rgb, f)
-        x, support, _, arrays, clean, decoy, _ = prot._inputs(p)
+        x, support, _, views, targets, _ = prot._inputs(p)
         sup = np.asarray(support)[..., None]
         for d in range(FLAGS.draws):
             delta = (rng.uniform(-4 / 255, 4 / 255, x.shape) * sup).astype(np.float32)
             key = jax.random.key(1000 * i + d)
             gs = {}
             for n in names:
-                f_n = functools.partial(objective.encoder_loss, n, x01=x, arrays=arrays,
-                                        clean=clean, decoy=decoy, params=prot.models.params,
+                f_n = functools.partial(objective.encoder_loss, n, x01=x, views=views,
+                                        targets=targets, surrogates=prot.models.surrogates,
                                         key=key, groups=p.plan.groups, cfg=prot.cfg.objective)
                 gs[n] = np.asarray(jax.jit(jax.grad(f_n))(delta)) * sup
             for a, b in cos:

@@ -11,12 +11,22 @@ import encoders as encoder_registry
 from idguardian_jax import settings
 from idguardian_jax.errors import UsageError
 from idguardian_jax.faces import analyze
+from idguardian_jax.losses.targets import Surrogates
 
 
 @dataclasses.dataclass
 class Models:
+    """dlib's face models; params: encoder name -> frozen params (encoders with weights);
+    diffusion: the losses.deflection.DiffusionParams of config.diffusion, or None."""
+
     faces: analyze.FaceModels
-    params: dict[str, Any]  # encoder name -> params
+    params: dict[str, Any]
+    diffusion: Any = None
+
+    @property
+    def surrogates(self) -> Surrogates:
+        """What the jitted loss runs: every encoder's params and the diffusion model."""
+        return Surrogates(self.params, self.diffusion)
 
     @classmethod
     def load(cls, config, faces: analyze.FaceModels | None = None) -> "Models":
@@ -45,9 +55,8 @@ class Models:
                 raise UsageError(f"encoder {name} needs its weights: set "
                                  f"--config.objective.checkpoints.{name}=PATH")
             params[name] = encoder_registry.load_params(name, path)
-        if settings.diffusion_wanted(config):
-            params["_diffusion"] = load_diffusion(config, params)
-        return cls(faces, params)
+        diffusion = load_diffusion(config, params) if settings.diffusion_wanted(config) else None
+        return cls(faces, params, diffusion)
 
 
 def load_diffusion(config, params):

@@ -24,10 +24,12 @@ import jax
 import numpy as np
 
 import encoders as encoder_registry
-from idguardian_jax import engine, images, parallel, settings, views, writer
+from idguardian_jax import images, parallel, settings, views, writer
+from idguardian_jax.attack import engine
 from idguardian_jax.errors import UsageError
 from idguardian_jax.faces import align, analyze
 from idguardian_jax.losses import identity
+from idguardian_jax.losses.targets import DiffusionTargets, Targets
 from idguardian_jax.models import Models
 from idguardian_jax.results import FaceReport, PhotoResult
 
@@ -57,6 +59,7 @@ class _Prepared:
     clean: dict[str, np.ndarray]  # encoder -> (F, E) in the plan's slot order
     key: np.ndarray
     chip_plans: dict[str, list] = dataclasses.field(default_factory=dict)
+    diffusion: DiffusionTargets | None = None  # the clean faces' diffusion conditioning
 
 
 class Protector:
@@ -107,21 +110,21 @@ class Protector:
             if name not in self.embedding_names:
                 continue
             enc = encoder_registry.get(name)
-            chips = np.stack([align.extract_chip(rgb, p, analyze.rounding_for(enc)) for p in plans])
+            chips = np.stack([align.extract_chip(rgb, p, views.rounding_for(enc)) for p in plans])
             out[name] = np.asarray(enc.apply(self.models.params[name], chips.astype(np.float32) / 255))
         return out
 
-    def _diffusion_conditioning(self, rgb, chip_plans, plan) -> dict[str, np.ndarray]:
+    def _diffusion_conditioning(self, rgb, chip_plans, plan) -> DiffusionTargets:
         """Per face, computed once per photo: for the deflection, the clean latents (F, 4, h, w)
         and IP tokens (F, N, D) of the CLIP view; for the PhotoGuard baseline, the latent of a
         flat gray target (F, 4, h, w) of the baseline's view."""
         from idguardian_jax.diffusion import vae
         from idguardian_jax.losses import deflection
 
-        dp = self.models.params["_diffusion"]
+        dp = self.models.diffusion
         out = {}
         if self.cfg.deflection is not None:
-            plans = [chip_plans["clip_vit"][int(i)] for i in plan.arrays["clip_vit"]["face"]]
+            plans = [chip_plans["clip_vit"][int(i)] for i in plan.slot_faces["clip_vit"]]
             chips = np.stack([align.extract_chip(rgb, p, "round") for p in plans]).astype(np.float32) / 255
             z0, tokens = deflection.clean_conditioning(dp, chips)
             out.update(z0=np.asarray(z0), tokens=np.asarray(tokens))
@@ -131,15 +134,15 @@ class Protector:
             f, size = sum(g.count for g in gs), gs[0].rows
             gray = np.full((f, size, size, 3), float(self.config.diffusion.photoguard_target), np.float32)
             out["z_target"] = np.asarray(vae.encode(dp.vae, gray))
-        return out
+        return DiffusionTargets(**out)
 
-    def _dummy_conditioning(self, groups: dict) -> dict[str, np.ndarray]:
+    def _dummy_conditioning(self, groups: dict) -> DiffusionTargets:
         """Zeros shaped like _diffusion_conditioning's output for a signature (computed
         abstractly with jax.eval_shape)."""
         from idguardian_jax.diffusion import vae
         from idguardian_jax.losses import deflection
 
-        dp = self.models.params["_diffusion"]
+        dp = self.models.diffusion
 
         def chips(name):
             gs = groups[name]
@@ -154,7 +157,7 @@ class Protector:
         if b is not None and b.kind == "photoguard":
             z = jax.eval_shape(vae.encode, dp.vae, chips(b.view))
             out["z_target"] = np.zeros(z.shape, np.float32)
-        return out
+        return DiffusionTargets(**out)
 
     def _decoy_embeddings(self, path: str) -> dict[str, np.ndarray]:
         photo = images.read_photo(path)
@@ -178,11 +181,12 @@ class Protector:
                 plan.region, [f.landmarks68 for f in faces], float(margin))
         clean = self.embeddings(rgb, chip_plans)
         # per-slot order of the plan (faces are grouped by view shape)
-        clean = {n: e[plan.arrays[n]["face"]] for n, e in clean.items()}
-        if "_diffusion" in self.models.params:
-            clean["_diffusion"] = self._diffusion_conditioning(rgb, chip_plans, plan)
+        clean = {n: e[plan.slot_faces[n]] for n, e in clean.items()}
+        diffusion = None
+        if self.models.diffusion is not None:
+            diffusion = self._diffusion_conditioning(rgb, chip_plans, plan)
         return _Prepared(index, rgb, faces, plan, clean, photo_key(rgb, self.config.seed),
-                         chip_plans)
+                         chip_plans, diffusion)
 
     def run(self, prepared: Sequence[_Prepared]) -> dict[int, tuple]:
         """PGD on every prepared photo with faces, batched by signature: index -> outputs."""
@@ -207,26 +211,25 @@ class Protector:
         rows = [self._inputs(p) for p in group]
         if not rows:
             rows = [self._dummy_inputs(h, w, groups)]
-        x, support, l2_max, arrays, clean, decoy, keys = (
-            jax.tree_util.tree_map(lambda *a: np.stack(a), *[r[i] for r in rows]) for i in range(7))
+        x, support, l2_max, photo_views, targets, keys = (
+            jax.tree_util.tree_map(lambda *a: np.stack(a), *[r[i] for r in rows]) for i in range(6))
         delta, losses, after, before = engine.protect_batch(
-            self.models.params, x, support, l2_max, arrays, clean, decoy, keys,
+            self.models.surrogates, x, support, l2_max, photo_views, targets, keys,
             groups=groups, cfg=self.cfg, mesh=self.mesh)
         return {i: (x[i], delta[i], losses[i], {n: v[i] for n, v in after.items()})
                 for i in range(len(group))}
 
     def _inputs(self, p: _Prepared) -> tuple:
+        """One photo's row of the loop: (x (H, W, 3) in [0, 1], support (H, W), L2 radius,
+        PhotoViews, Targets, key data (2,))."""
         x = views.crop_region(p.rgb, p.plan.region).astype(np.float32) / 255
-        arrays = {n: {k: v for k, v in a.items() if k != "face"} for n, a in p.plan.arrays.items()}
         decoy = {}
         if self.decoy is not None:
             decoy = {n: np.repeat(self.decoy[n], len(p.clean[n]), axis=0)
                      for n in p.plan.groups if n in p.clean}
         clean = {n: p.clean[n] for n in p.plan.groups if n in p.clean}
-        if "_diffusion" in p.clean:
-            clean["_diffusion"] = p.clean["_diffusion"]
-        return (x, p.plan.support, np.float32(self.l2_radius(p.rgb.shape)), arrays, clean,
-                decoy, p.key)
+        return (x, p.plan.support, np.float32(self.l2_radius(p.rgb.shape)), p.plan.views,
+                Targets(clean, decoy, p.diffusion), p.key)
 
     def embed_dims(self) -> dict[str, int]:
         """encoder name -> embedding size of the loaded weights."""
@@ -241,21 +244,20 @@ class Protector:
 
     def _dummy_inputs(self, h: int, w: int, groups: dict) -> tuple:
         """A placeholder row of a signature (zeros; a valid identity view) for batch padding."""
-        arrays, clean = {}, {}
+        per_encoder, clean = {}, {}
         for name, gs in groups.items():
             f = sum(g.count for g in gs)
             level = np.array([[g.window[0], g.window[1]] for g in gs for _ in range(g.count)], np.int32)
             affine = np.tile(np.array([[1, 0, 0], [0, 1, 0]], np.float32), (f, 1, 1))
-            arrays[name] = {"start": np.zeros((f, 2), np.int32), "affine": affine,
-                            "level_shape": level, "chip_per_px": np.ones((f,), np.float32)}
+            per_encoder[name] = views.FaceViews(np.zeros((f, 2), np.int32), affine, level,
+                                                np.ones((f,), np.float32))
             if name in self.models.params:
                 clean[name] = np.zeros((f, self.embed_dims()[name]), np.float32)
-        arrays["_photo"] = {"offset": np.zeros((2,), np.int32)}
         decoy = {n: c.copy() for n, c in clean.items()} if self.decoy is not None else {}
-        if "_diffusion" in self.models.params:
-            clean["_diffusion"] = self._dummy_conditioning(groups)
+        diffusion = self._dummy_conditioning(groups) if self.models.diffusion is not None else None
         return (np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32), np.float32(1e15),
-                arrays, clean, decoy, np.zeros((2,), np.uint32))
+                views.PhotoViews(per_encoder, np.zeros((2,), np.int32)),
+                Targets(clean, decoy, diffusion), np.zeros((2,), np.uint32))
 
     def l2_radius(self, shape) -> float:
         """L2 radius (on [0, 1] pixels) that keeps the full-photo PSNR above the floor.
@@ -318,7 +320,7 @@ class Protector:
                 r.protected = True  # the face is no longer detected at all
             for name in self.embedding_names:
                 enc = encoder_registry.get(name)
-                slot = {int(fi): s for s, fi in enumerate(p.plan.arrays[name]["face"])}[i]
+                slot = {int(fi): s for s, fi in enumerate(p.plan.slot_faces[name])}[i]
                 entry = {"threshold": enc.threshold, "after": None, "in_loop": None}
                 if in_loop is not None and name in in_loop:
                     entry["in_loop"] = float(in_loop[name][slot])

@@ -17,8 +17,9 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
-from idguardian_jax import __version__, engine, objective
-from idguardian_jax.attack import eot, pgd, transfer
+from idguardian_jax import __version__
+from idguardian_jax.attack import engine, eot, pgd, transfer
+from idguardian_jax.losses import objective
 from idguardian_jax.errors import UsageError
 
 

@@ -13,8 +13,9 @@ program; the extra pixels never reach a chip (see `idguardian_jax.faces.warp`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from idguardian_jax.faces import align
@@ -37,6 +38,32 @@ class ViewGroup:
     count: int
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FaceViews:
+    """One encoder's views of a photo's faces, over its F face slots in group order (a pytree;
+    numpy on the host, jax arrays in the loop, with a leading batch axis when batched).
+
+    start: (F, 2) int32 window top-left in region pixels. affine: (F, 2, 3) float32 chip ->
+    level. level_shape: (F, 2) int32. chip_per_px: (F,) float32 chip pixels per photo pixel.
+    """
+
+    start: Any
+    affine: Any
+    level_shape: Any
+    chip_per_px: Any
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PhotoViews:
+    """Every encoder's FaceViews of one photo region, and the region's top-left in the photo
+    (offset (2,) int32: JPEG's block grid for EoT)."""
+
+    encoders: dict[str, FaceViews]
+    offset: Any
+
+
 @dataclasses.dataclass
 class PhotoPlan:
     """The region of a photo the loop works on, and every face view inside it.
@@ -44,17 +71,15 @@ class PhotoPlan:
     region: (top, left, height, width) in photo pixels; height/width are bucketed and may run past
       the photo's edge (those pixels are zero padding and are never written back).
     groups: per encoder name, the tuple of ViewGroups (static).
-    arrays: per encoder name, dict of arrays over the encoder's face slots, in group order:
-      start (F, 2) int32 window top-left in region pixels; affine (F, 2, 3) float32 chip ->
-      level; level_shape (F, 2) int32; chip_per_px (F,) float32 chip pixels per photo pixel;
-      face (F,) int32 index of the face in the photo's face list.
-      Under the key '_photo': offset (2,) int32, the region's top-left in the photo.
+    views: the PhotoViews (numpy) of the loop.
+    slot_faces: per encoder name, (F,) int32 index in the photo's face list of each face slot.
     support: (height, width) float32, 1 where some view reads the photo (dlib's crop boxes).
     """
 
     region: tuple[int, int, int, int]
     groups: dict[str, tuple[ViewGroup, ...]]
-    arrays: dict[str, dict[str, np.ndarray]]
+    views: PhotoViews
+    slot_faces: dict[str, np.ndarray]
     support: np.ndarray
 
     @property
@@ -91,7 +116,8 @@ def plan_photo(image_shape: tuple[int, int], chip_plans: dict[str, Sequence[alig
     support[:, max(0, width - left):] = 0.0
 
     groups: dict[str, tuple[ViewGroup, ...]] = {}
-    arrays: dict[str, dict[str, np.ndarray]] = {}
+    per_encoder: dict[str, FaceViews] = {}
+    slot_faces: dict[str, np.ndarray] = {}
     for name in chip_plans:
         mine = [(i, p, w) for n, i, p, w in items if n == name]
         key = lambda t: (t[2], t[1].n_down, t[1].rows, t[1].cols, t[0])  # noqa: E731
@@ -103,18 +129,23 @@ def plan_photo(image_shape: tuple[int, int], chip_plans: dict[str, Sequence[alig
             else:
                 gs.append(ViewGroup(w, p.n_down, p.rows, p.cols, 1))
         groups[name] = tuple(gs)
-        arrays[name] = {
-            "start": np.array([[p.box[0] - top, p.box[1] - left] for _, p, _ in mine], np.int32),
-            "affine": np.stack([p.affine for _, p, _ in mine]).astype(np.float32),
-            "level_shape": np.array([p.level_shape for _, p, _ in mine], np.int32),
+        per_encoder[name] = FaceViews(
+            start=np.array([[p.box[0] - top, p.box[1] - left] for _, p, _ in mine], np.int32),
+            affine=np.stack([p.affine for _, p, _ in mine]).astype(np.float32),
+            level_shape=np.array([p.level_shape for _, p, _ in mine], np.int32),
             # chip pixels per photo pixel: 2**n_down level pixels per photo pixel, then the affine
-            "chip_per_px": np.array([1.0 / (np.hypot(*p.affine[:, 0]) * 2 ** p.n_down)
-                                     for _, p, _ in mine], np.float32),
-            "face": np.array([i for i, _, _ in mine], np.int32),
-        }
-    # photo-level values the loop needs (the region's place in the photo: JPEG's block grid)
-    arrays["_photo"] = {"offset": np.array([top, left], np.int32)}
-    return PhotoPlan((top, left, rh, rw), groups, arrays, support)
+            chip_per_px=np.array([1.0 / (np.hypot(*p.affine[:, 0]) * 2 ** p.n_down)
+                                  for _, p, _ in mine], np.float32))
+        slot_faces[name] = np.array([i for i, _, _ in mine], np.int32)
+    # the region's place in the photo (JPEG's block grid)
+    photo_views = PhotoViews(per_encoder, np.array([top, left], np.int32))
+    return PhotoPlan((top, left, rh, rw), groups, photo_views, slot_faces, support)
+
+
+def rounding_for(encoder) -> str:
+    """How the encoder's upstream pipeline turns its float chip into 8 bits: dlib's extraction
+    floors, the others round to the nearest level (align.extract_chip, warp.sample_view)."""
+    return "floor" if encoder.view == "dlib" else "round"
 
 
 def crop_region(image: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:

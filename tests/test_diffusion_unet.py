@@ -76,6 +76,7 @@ CASES = [("sdxl-tiny", "plus", 8), ("sd-tiny", "plus_bin", 9), ("sd-tiny", "line
 _project = jax.jit(ipa.project)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,adapter,latent", CASES)
 def test_unet_ip_adapter_parity(pipelines, kind, adapter, latent):
     folder, paths = pipelines[kind]
@@ -237,6 +238,7 @@ def test_schedule_add_noise(pipelines):
     assert rm.max_abs(sched.to_epsilon(v, sched.velocity(s, x0, e, t), xt, t), e) <= 1e-4
 
 
+@pytest.mark.slow
 def test_text_conditioning_cached(pipelines, monkeypatch):
     """SDXL: both encoders' hidden_states[-2] concatenated + pooled text_embeds of encoder 2;
     SD: last_hidden_state; computed once, then read from the cache without loading a model."""
@@ -280,6 +282,7 @@ def test_text_conditioning_cached(pipelines, monkeypatch):
 
 
 
+@pytest.mark.slow
 def test_half_precision_weights_compute_in_half(pipelines):
     """bf16 weights: options_for computes in bf16 (no per-call cast up to float32) and stays
     close to the float32 prediction."""

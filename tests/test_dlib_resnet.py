@@ -34,6 +34,7 @@ def test_descriptor_of_dlib_chips(params, faces_dir, dlib_reference):
     assert dist.max() <= 1e-3, dist
 
 
+@pytest.mark.slow
 def test_batch_independence_and_gradient(params):
     rng = np.random.default_rng(0)
     chips = rng.uniform(size=(3, 150, 150, 3)).astype(np.float32)

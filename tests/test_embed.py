@@ -78,6 +78,7 @@ def test_embed_aligned_folder_and_failures(tmp_path, faces_dir, dlib_reference):
     assert "broken.png" in proc.stderr
 
 
+@pytest.mark.slow
 def test_embed_usage_errors(tmp_path):
     proc, _ = _embed([], tmp_path)
     assert proc.returncode == 2

@@ -73,6 +73,7 @@ def test_upstream_param_counts():
             assert sum(p.numel() for p in rm.make_iresnet(name).parameters()) == n, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pt", "onnx_folded", "onnx_unfolded"])
 def test_tiny_parity(tiny, kind):
     model, _ = tiny

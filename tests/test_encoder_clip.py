@@ -49,6 +49,7 @@ def test_upstream_param_counts():
             assert sum(p.numel() for p in m.parameters()) == clip_vit.PARAM_COUNTS[name], name
 
 
+@pytest.mark.slow
 def test_tiny_parity(tiny):
     """40x40 chips, resized to the config's 28 px inside (as the IDGuardian reference does)."""
     model, folder = tiny

@@ -74,6 +74,7 @@ def torch_model64(torch_model):
     return copy.deepcopy(torch_model).double()
 
 
+@pytest.mark.slow
 def test_parity_small_input(torch_model, torch_model64, params):
     """The whole network on 80x80 inputs: float32 parity, and float64 on both sides (the same
     function up to float64 rounding)."""
@@ -101,6 +102,7 @@ def test_loaded_params_and_variant(pt_file, params):
     jax.tree_util.tree_map(np.testing.assert_array_equal, p, params)
 
 
+@pytest.mark.slow
 def test_convert_to_safetensors_and_npz(pt_file, params, tmp_path, monkeypatch):
     for ext in (".safetensors", ".npz"):
         dst = str(tmp_path / f"facenet{ext}")

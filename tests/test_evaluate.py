@@ -284,6 +284,7 @@ def test_identities_files_and_pairing(tmp_path):
     (["--clean=C", "--protected=P", "--report=R", "--encoders=arcface"], "needs its weights"),
     (["--clean=C", "--protected=P", "--report=R", "--identities=C/nothing.json"], "cannot read"),
 ])
+@pytest.mark.slow
 def test_cli_usage_errors(tmp_path, args, msg):
     (tmp_path / "C").mkdir(), (tmp_path / "P").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "C" / "a.png")

@@ -273,6 +273,7 @@ def test_protect_files_checks_settings_before_any_work(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_usage_errors_are_one_line_exit_2(tmp_path):
     _blank(tmp_path / "a.png")
     base = [f"--input={tmp_path / 'a.png'}", f"--output={tmp_path / 'out'}"]
@@ -318,6 +319,7 @@ def test_embed_output_unwritable_is_one_line(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- help
+@pytest.mark.slow
 def test_help_lists_flags_and_config_fields_and_configs_by_name(tmp_path):
     p = _cli(["--help"], cwd=tmp_path)
     assert p.returncode == 0, p.stderr

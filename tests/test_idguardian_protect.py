@@ -47,10 +47,11 @@ def test_idguardian_config_runs_end_to_end(checkpoints, faces_dir, tmp_path):
     cfg2 = _config(checkpoints)
     cfg2.diffusion.enabled = False
     plain, = protect.protect(img, protector=protect.Protector(cfg2, models=protect.Models(
-        pr.models.faces, {k: v for k, v in pr.models.params.items() if k != "_diffusion"})))
+        pr.models.faces, pr.models.params)))
     assert not np.array_equal(plain.protected, r.protected)
 
 
+@pytest.mark.slow
 def test_deflection_needs_its_files(checkpoints):
     cfg = _config(checkpoints)
     cfg.diffusion.ip_adapter = ""

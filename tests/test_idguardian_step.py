@@ -36,6 +36,7 @@ def models(tmp_path_factory):
     return root, paths, fn_model, facenet.load(fn_path), p, pe
 
 
+@pytest.mark.slow
 def test_one_step_matches_pytorch_restatement(models):
     root, paths, fn_model, fn_params, p, pe = models
     rng = np.random.default_rng(7)

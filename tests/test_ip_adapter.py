@@ -36,6 +36,7 @@ def _torch_proj(model, x):
         return model(torch.from_numpy(x)).numpy()
 
 
+@pytest.mark.slow
 def test_sdxl_plus_face_resampler_real_size():
     """The SDXL Plus-Face resampler at its real size (dim 1280, depth 4, 20 heads of 64,
     16 queries, CLIP ViT-H hidden 1280 in, 2048 out, ff x4; ~84M random weights) against
@@ -93,6 +94,7 @@ def test_checkpoint_formats(sd_tiny, tmp_path):
     assert any(k.startswith("ip_adapter.1.to_k_ip") for k in flat)
 
 
+@pytest.mark.slow
 def test_clip_to_tokens_and_unconditional(sd_tiny):
     """Photo chips -> the project's CLIP port (hidden_states[-2]) -> resampler, against
     transformers' CLIP + diffusers' projection; unconditional tokens as IP-Adapter makes them

@@ -26,7 +26,7 @@ def test_sign_steps_reach_the_budget_and_minimize():
     target = jnp.full_like(x, 0.5)
     cfg = pgd.PGDConfig(eps=8 / 255, steps=10, step_size=2 / 255)
     delta, losses = jax.jit(lambda x, k: pgd.run_pgd(
-        lambda d, k: jnp.sum((x + d - target) ** 2), x, k, cfg))(x, jax.random.key(0))
+        pgd.descent(lambda d, k: jnp.sum((x + d - target) ** 2)), x, k, cfg))(x, jax.random.key(0))
     assert losses.shape == (10,)
     assert float(losses[-1]) < float(losses[0])
     far = jnp.abs(x - 0.5) > 8 / 255
@@ -37,7 +37,7 @@ def test_random_start_stays_in_budget_and_support():
     x = _x()
     support = jnp.zeros((6, 5)).at[:3].set(1.0)
     cfg = pgd.PGDConfig(eps=4 / 255, steps=0, random_start=True)
-    delta, _ = pgd.run_pgd(lambda d, k: jnp.sum(d), x, jax.random.key(3), cfg, support)
+    delta, _ = pgd.run_pgd(pgd.descent(lambda d, k: jnp.sum(d)), x, jax.random.key(3), cfg, support)
     assert float(jnp.abs(delta).max()) <= 4 / 255 + 1e-7
     assert float(jnp.abs(delta[3:]).max()) == 0.0 and float(jnp.abs(delta[:3]).max()) > 0
 
@@ -53,9 +53,9 @@ def test_scan_and_host_loop_agree(optimizer, schedule):
         return jnp.sum(jnp.sin(7 * (x + d)) * jax.random.normal(k, x.shape))
 
     key = jax.random.key(5)
-    d_scan, l_scan = jax.jit(lambda: pgd.run_pgd(loss, x, key, cfg))()
+    d_scan, l_scan = jax.jit(lambda: pgd.run_pgd(pgd.descent(loss), x, key, cfg))()
     carry = pgd.init(x, key, cfg)
-    step = jax.jit(lambda c, i: pgd.step(c, i, loss, x, cfg))
+    step = jax.jit(lambda c, i: pgd.step(c, i, pgd.descent(loss), x, cfg))
     l_host = []
     for i in range(cfg.steps):
         carry, li = step(carry, jnp.int32(i))

@@ -341,6 +341,7 @@ def test_strided_depthwise_and_pointwise_match_numpy(tmp_path, rng, padding, exp
 @pytest.mark.parametrize("stride,dil,pads", [(1, 1, ((1, 1), (1, 1))), (2, 1, ((0, 1), (0, 1))),
                                              (2, 1, ((1, 1), (2, 0))), (1, 2, ((2, 2), (2, 2))),
                                              (2, 1, ((0, 0), (0, 0))), (3, 1, ((1, 0), (0, 1)))])
+@pytest.mark.slow
 def test_depthwise_vjp_matches_grouped_convolution(stride, dil, pads):
     """The written-out VJP of depthwise_taps (input and kernel cotangents) against JAX's own
     gradient of lax's grouped convolution, on odd sizes where strides leave rows unread."""

@@ -129,7 +129,9 @@ def test_gradient_balance_is_the_sum_of_unit_encoder_gradients(installed, faces_
     import functools
     import os
 
-    from idguardian_jax import engine, images, objective, protect, settings
+    from idguardian_jax import images, protect, settings
+    from idguardian_jax.attack import engine
+    from idguardian_jax.losses import objective
 
     cfg = settings.default_config()
     cfg.objective.installed_encoders = "none"
@@ -141,16 +143,17 @@ def test_gradient_balance_is_the_sum_of_unit_encoder_gradients(installed, faces_
     prot = protect.Protector(cfg)
     rgb = images.read_photo(os.path.join(faces_dir, "n000050_A_0003_01.png")).rgb
     p = prot.prepare(0, rgb)
-    x, _, _, arrays, clean, decoy, _ = prot._inputs(p)
+    x, _, _, views, targets, _ = prot._inputs(p)
     groups = p.plan.groups
     delta = jnp.asarray(np.random.default_rng(0).uniform(-2 / 255, 2 / 255, x.shape), jnp.float32)
     key = jax.random.key(3)
-    direction = engine._identity_direction(prot.models.params, x, arrays, clean, decoy, groups, prot.cfg)
+    surrogates = prot.models.surrogates
+    direction = engine.value_and_direction(surrogates, x, views, targets, groups, prot.cfg)
     loss, g = jax.jit(direction)(delta, key)
     want, total = 0.0, 0.0
     for name, w in (("dlib_resnet", 1.0), ("mobileface", 2.0)):
-        f = functools.partial(objective.encoder_loss, name, x01=x, arrays=arrays, clean=clean,
-                              decoy=decoy, params=prot.models.params, key=key, groups=groups,
+        f = functools.partial(objective.encoder_loss, name, x01=x, views=views, targets=targets,
+                              surrogates=surrogates, key=key, groups=groups,
                               cfg=prot.cfg.objective)
         l, gi = jax.jit(jax.value_and_grad(f))(delta)
         assert float(jnp.linalg.norm(gi)) > 0
@@ -161,7 +164,7 @@ def test_gradient_balance_is_the_sum_of_unit_encoder_gradients(installed, faces_
     np.testing.assert_allclose(float(loss), total, rtol=1e-3)
     assert float(jnp.linalg.norm(g - want) / jnp.linalg.norm(want)) < 1e-2
     # and the direction differs from the plain summed-loss gradient (the balance does something)
-    plain = jax.grad(engine._loss_fn(prot.models.params, x, arrays, clean, decoy, groups, prot.cfg))(delta, key)
+    plain = jax.grad(engine._loss_fn(surrogates, x, views, targets, groups, prot.cfg))(delta, key)
     cos = float(jnp.sum(plain * g) / jnp.linalg.norm(plain) / jnp.linalg.norm(g))
     assert cos < 0.99
     # balance 'threshold' (L1 norm, the default): each encoder's gradient at unit L1 norm, also
@@ -169,13 +172,13 @@ def test_gradient_balance_is_the_sum_of_unit_encoder_gradients(installed, faces_
     cfg.objective.transfer.balance = "threshold"
     cfg.objective.transfer.balance_norm = "l1"
     prot_t = protect.Protector(cfg)
-    direction = engine._identity_direction(prot_t.models.params, x, arrays, clean, decoy, groups,
+    direction = engine.value_and_direction(prot_t.models.surrogates, x, views, targets, groups,
                                            prot_t.cfg)
     _, g_t = jax.jit(direction)(delta, key)
     want_t = 0.0
     for name, w in (("dlib_resnet", 1.0), ("mobileface", 2.0)):
-        f = functools.partial(objective.encoder_loss, name, x01=x, arrays=arrays, clean=clean,
-                              decoy=decoy, params=prot.models.params, key=key, groups=groups,
+        f = functools.partial(objective.encoder_loss, name, x01=x, views=views, targets=targets,
+                              surrogates=surrogates, key=key, groups=groups,
                               cfg=prot_t.cfg.objective)
         l, gi = jax.jit(jax.value_and_grad(f))(delta)
         enc_w = transfer.threshold_weight(-l, encoders.get(name).threshold, 0.25, 0.1)

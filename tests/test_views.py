@@ -22,8 +22,8 @@ def test_region_covers_windows_and_support_covers_boxes():
     pp = views.plan_photo(shape, {"dlib_resnet": plans})
     top, left, h, w = pp.region
     assert h % views.BUCKET == 0 and w % views.BUCKET == 0
-    a = pp.arrays["dlib_resnet"]
-    for g_start, g in zip(a["start"], [g for g in pp.groups["dlib_resnet"] for _ in range(g.count)]):
+    a = pp.views.encoders["dlib_resnet"]
+    for g_start, g in zip(a.start, [g for g in pp.groups["dlib_resnet"] for _ in range(g.count)]):
         assert g_start[0] + g.window[0] <= h and g_start[1] + g.window[1] <= w
     assert sum(g.count for g in pp.groups["dlib_resnet"]) == 2
     for p in plans:
@@ -56,10 +56,10 @@ def test_jax_view_matches_dlib_chip_within_one_level():
         pp = views.plan_photo(img.shape[:2], {"e": [plan]})
         g = pp.groups["e"][0]
         x = views.crop_region(img, pp.region).astype(np.float32)
-        a = pp.arrays["e"]
+        a = pp.views.encoders["e"]
         f = jax.jit(functools.partial(warp.sample_view, window=g.window, n_down=g.n_down,
                                       rows=150, cols=150))
-        chip = np.asarray(f(jnp.asarray(x), a["start"][0], a["affine"][0], a["level_shape"][0]))
+        chip = np.asarray(f(jnp.asarray(x), a.start[0], a.affine[0], a.level_shape[0]))
         want = align.extract_chip(img, plan)
         diff = np.abs(chip - want)
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3

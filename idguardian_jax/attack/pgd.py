@@ -2,7 +2,7 @@
 
 A perturbation `delta` lives on a photo region `x` (float32 in [0, 1], (H, W, C)). Each step:
 
-  g      = grad loss(delta, key_i)                 (loss to minimize; pure, jittable)
+  loss, g = value_and_direction(delta, key_i)      (g: the loss gradient, or any descent direction)
   delta += optimizer update(g)                     (sign steps by default, or Adam)
   delta  = support * clip(delta, -eps, eps)        (L_inf ball, optax.projections)
   delta  = clip(x + delta, 0, 1) - x               ([0, 1] box)
@@ -11,7 +11,7 @@ A perturbation `delta` lives on a photo region `x` (float32 in [0, 1], (H, W, C)
 `support` (H, W) zeroes the perturbation where no view samples the photo, so those pixels stay
 exactly as they were. `run_pgd` runs the whole loop as one `lax.scan` inside the caller's jit;
 `init` and `step` are the same loop one step at a time, for a host-driven loop (see
-idguardian_jax.engine: XLA:CPU runs convolutions inside while-loop bodies ~3x slower than the same
+idguardian_jax.attack.engine: XLA:CPU runs convolutions inside while-loop bodies ~3x slower than the same
 step jitted alone, so on CPU the engine calls a jitted step from Python instead).
 """
 from __future__ import annotations
@@ -109,36 +109,40 @@ def init(x: jax.Array, key: jax.Array, cfg: PGDConfig, support: jax.Array | None
     return delta, make_optimizer(cfg).init(delta), jax.random.key_data(k_loop)
 
 
-def step(carry, i: jax.Array, loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array,
-         cfg: PGDConfig, support: jax.Array | None = None, l2_max: jax.Array | None = None,
-         direction_fn: Callable | None = None):
+ValueAndDirection = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def descent(loss_fn: Callable[[jax.Array, jax.Array], jax.Array]) -> ValueAndDirection:
+    """value_and_direction of a plain loss: (loss, its gradient) at (delta, key)."""
+    return jax.value_and_grad(loss_fn)
+
+
+def step(carry, i: jax.Array, value_and_direction: ValueAndDirection, x: jax.Array,
+         cfg: PGDConfig, support: jax.Array | None = None, l2_max: jax.Array | None = None):
     """One PGD step at step index i (a traced int): returns (new carry, loss before the step).
 
-    direction_fn(delta, key) -> (loss, direction), when given, replaces the loss gradient (e.g.
-    IDGuardian's identity gradient combined with the deflection direction).
+    value_and_direction(delta, key) -> (loss, direction): the loss gradient (`descent(loss)`),
+    or any direction to descend (e.g. IDGuardian's identity gradient combined with the
+    deflection direction, or an ensemble's balanced gradients).
     """
     delta, state, key_data = carry
     k = jax.random.fold_in(jax.random.wrap_key_data(key_data), i)
-    if direction_fn is not None:
-        loss, g = direction_fn(delta, k)
-    else:
-        loss, g = jax.value_and_grad(loss_fn)(delta, k)
+    loss, g = value_and_direction(delta, k)
     updates, state = make_optimizer(cfg).update(g, state, delta)
     delta = project(delta + updates, x, cfg.eps, support, l2_max)
     return (delta, state, key_data), loss
 
 
-def run_pgd(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, key: jax.Array,
+def run_pgd(value_and_direction: ValueAndDirection, x: jax.Array, key: jax.Array,
             cfg: PGDConfig, support: jax.Array | None = None,
-            l2_max: jax.Array | None = None,
-            direction_fn: Callable | None = None) -> tuple[jax.Array, jax.Array]:
-    """Minimize loss_fn(delta, key) over the budget, the whole loop in one `lax.scan`.
+            l2_max: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Descend value_and_direction(delta, key) over the budget, the whole loop in one `lax.scan`.
 
     Returns (delta, losses (steps,)). Jittable and vmappable: call it inside jit/vmap with a
     per-photo key. `init` + `step` give the same iterates one step at a time (for a host loop).
     """
     carry = init(x, key, cfg, support, l2_max)
     carry, losses = jax.lax.scan(
-        lambda c, i: step(c, i, loss_fn, x, cfg, support, l2_max, direction_fn), carry,
+        lambda c, i: step(c, i, value_and_direction, x, cfg, support, l2_max), carry,
         jnp.arange(cfg.steps))
     return carry[0], losses

@@ -29,7 +29,7 @@ import sys
 
 from absl import app, flags
 
-from idguardian_jax import images, jsonio
+from idguardian_jax import images, jsonio, views
 from idguardian_jax.cli import common
 
 FLAGS = flags.FLAGS
@@ -89,7 +89,7 @@ def embed_paths(inputs: list[tuple[str, str]], aligned: bool = False, upsample: 
         faces = analyze.find_faces(photo.rgb, models, upsample, with68=enc.view != "dlib")
         if faces:
             chips = np.stack([align.extract_chip(photo.rgb, analyze.chip_plan_for(enc, f, photo.rgb.shape),
-                                                 analyze.rounding_for(enc)) for f in faces])
+                                                 views.rounding_for(enc)) for f in faces])
             for f, d in zip(faces, embed(chips)):
                 rec["faces"].append({
                     "box": [int(v) for v in f.box],

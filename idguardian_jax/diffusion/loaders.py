@@ -34,7 +34,7 @@ import numpy as np
 
 from idguardian_jax.checkpoints.tensors import CheckpointError, _first_line, write_safetensors
 from idguardian_jax.diffusion import ip_adapter as ipa
-from idguardian_jax.diffusion import state_dicts as sd
+from idguardian_jax.diffusion import state_dicts
 from idguardian_jax.diffusion import schedule as schedule_lib
 from idguardian_jax.diffusion import unet as unet_lib
 from idguardian_jax.diffusion import vae as vae_lib
@@ -44,12 +44,13 @@ from idguardian_jax.diffusion import vae as vae_lib
 def check_unet_folder(path: str | os.PathLike) -> unet_lib.UNetConfig:
     """Validates a (possibly huge) UNet folder's config and tensor names / shapes from the
     safetensors headers, without reading weights. Returns the config."""
-    folder = sd.component_folder(path, "unet")
+    folder = state_dicts.component_folder(path, "unet")
     cfg_path = os.path.join(folder, "config.json")
-    cfg = unet_lib.UNetConfig.from_dict(sd.read_json(cfg_path), cfg_path)
-    files = sd.weight_files(folder)
-    sd.check_layout(sd.header_shapes(files), unet_lib.expected_shapes(cfg)["params"],
-                 files[0] if len(files) == 1 else folder, f"the UNet of {cfg_path}")
+    cfg = unet_lib.UNetConfig.from_dict(state_dicts.read_json(cfg_path), cfg_path)
+    files = state_dicts.weight_files(folder)
+    state_dicts.check_layout(state_dicts.header_shapes(files),
+                             unet_lib.expected_shapes(cfg)["params"],
+                             files[0] if len(files) == 1 else folder, f"the UNet of {cfg_path}")
     return cfg
 
 
@@ -58,13 +59,13 @@ def check_unet_folder(path: str | os.PathLike) -> unet_lib.UNetConfig:
 # ------------------------------------------------------------------------------------------
 def load_unet(path: str | os.PathLike, dtype=jnp.float32) -> unet_lib.UNetParams:
     """UNet2DConditionModel of a diffusers folder (the pipeline root or its unet/)."""
-    folder = sd.component_folder(path, "unet")
+    folder = state_dicts.component_folder(path, "unet")
     cfg_path = os.path.join(folder, "config.json")
-    cfg = unet_lib.UNetConfig.from_dict(sd.read_json(cfg_path), cfg_path)
-    files = sd.weight_files(folder)
+    cfg = unet_lib.UNetConfig.from_dict(state_dicts.read_json(cfg_path), cfg_path)
+    files = state_dicts.weight_files(folder)
     where = files[0] if len(files) == 1 else folder
     what = f"the UNet of {cfg_path}"
-    tree = sd.assemble(files, unet_lib.expected_shapes(cfg)["params"], where, what, dtype)
+    tree = state_dicts.assemble(files, unet_lib.expected_shapes(cfg)["params"], where, what, dtype)
     return unet_lib.UNetParams({"params": tree}, cfg)
 
 
@@ -82,13 +83,13 @@ def _vae_rename(key: str) -> str | None:
 
 def load_vae(path: str | os.PathLike, dtype=jnp.float32) -> vae_lib.VAEParams:
     """The encoder half of an AutoencoderKL of a diffusers folder (root or its vae/)."""
-    folder = sd.component_folder(path, "vae")
+    folder = state_dicts.component_folder(path, "vae")
     cfg_path = os.path.join(folder, "config.json")
-    cfg = vae_lib.VAEConfig.from_dict(sd.read_json(cfg_path), cfg_path)
-    files = sd.weight_files(folder)
+    cfg = vae_lib.VAEConfig.from_dict(state_dicts.read_json(cfg_path), cfg_path)
+    files = state_dicts.weight_files(folder)
     where = files[0] if len(files) == 1 else folder
-    tree = sd.assemble(files, vae_lib.expected_shapes(cfg)["params"], where,
-                     f"the VAE of {cfg_path}", dtype, _vae_rename)
+    tree = state_dicts.assemble(files, vae_lib.expected_shapes(cfg)["params"], where,
+                                f"the VAE of {cfg_path}", dtype, _vae_rename)
     return vae_lib.VAEParams({"params": tree}, cfg)
 
 
@@ -121,7 +122,7 @@ def read_ip_adapter(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such IP-Adapter file")
     if path.endswith(".safetensors"):
-        flat = {k: get() for k, _, get in sd.iter_safetensors([path])}
+        flat = {k: get() for k, _, get in state_dicts.iter_safetensors([path])}
         return _split_ip(flat, path)
     return _read_ip_adapter_torch(path)
 
@@ -172,8 +173,8 @@ def load_image_proj(sd: Mapping[str, np.ndarray], path: str, dim_head: int = 64,
     """Our image projection from IP-Adapter's image_proj tensors (prefix removed)."""
     cfg = ipa.config_from_state_dict(sd, path, dim_head)
     keymap = ipa.torch_key_map(cfg)
-    asm = sd.Assembler(ipa.expected_shapes(cfg)["params"], path,
-                     f"an IP-Adapter image projection ({cfg.kind})", dtype)
+    asm = state_dicts.Assembler(ipa.expected_shapes(cfg)["params"], path,
+                                f"an IP-Adapter image projection ({cfg.kind})", dtype)
     for k, v in sd.items():
         if k not in keymap:
             raise CheckpointError(f"{path}: not an IP-Adapter {cfg.kind} image projection: "
@@ -199,9 +200,9 @@ def attach_ip_layers(params: unet_lib.UNetParams, ip_sd: Mapping[str, np.ndarray
         n_file = len({k.split(".")[0] for k in got})
         raise CheckpointError(f"{path}: has {n_file} IP cross-attention layers, the UNet has "
                               f"{len(layers)} (an adapter for another base model?)")
-    exp = sd.flat_shapes(unet_lib.expected_shapes(cfg)["params"])
+    exp = state_dicts.flat_shapes(unet_lib.expected_shapes(cfg)["params"])
     dtype = dtype or jax.tree_util.tree_leaves(params.variables)[0].dtype
-    asm = sd.Assembler({}, path, "an IP-Adapter for this UNet", dtype)
+    asm = state_dicts.Assembler({}, path, "an IP-Adapter for this UNet", dtype)
     asm.exp = {p: s for p, s in exp.items() if p[-2] in ("to_k_ip", "to_v_ip")}
     for n, (tpath, k) in enumerate(layers):
         for name in ("to_k_ip", "to_v_ip"):

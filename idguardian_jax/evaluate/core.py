@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import encoders as encoder_registry
-from idguardian_jax import images
+from idguardian_jax import images, views
 from idguardian_jax.evaluate import inputs, metrics
 from idguardian_jax.evaluate import transforms as transforms_mod
 from idguardian_jax.evaluate.records import FaceEval, PhotoEval, Run, Variant
@@ -153,7 +153,7 @@ class Evaluator:
         """The (S, S, 3) uint8 chip encoder `name` reads from this face of `rgb`."""
         enc = encoder_registry.get(name)
         return align.extract_chip(rgb, analyze.chip_plan_for(enc, face, rgb.shape),
-                                  analyze.rounding_for(enc))
+                                  views.rounding_for(enc))
 
     def embed(self, name: str, chips: np.ndarray) -> np.ndarray:
         """(N, E) float32 embeddings of (N, S, S, 3) uint8 chips (batches padded to powers of 2)."""

@@ -130,11 +130,6 @@ def needs_68(encoder_names: Sequence[str]) -> bool:
     return any(encoders.get(n).view != "dlib" for n in encoder_names)
 
 
-def rounding_for(encoder) -> str:
-    """How the encoder's upstream pipeline turns its float chip into 8 bits."""
-    return "floor" if encoder.view == "dlib" else "round"
-
-
 def chip_plan_for(encoder, face: Face, image_shape) -> align.ChipPlan:
     """The chip `encoder` reads from this face: dlib's chip for 'dlib' views, InsightFace's
     norm_crop geometry (template scaled to the chip size) for 'arcface' / 'facenet' / 'clip',

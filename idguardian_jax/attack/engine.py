@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import encoders as encoder_registry
-from idguardian_jax import objective, parallel
+from idguardian_jax import parallel
 from idguardian_jax.attack import pgd, transfer
-from idguardian_jax.losses import deflection
+from idguardian_jax.losses import deflection, objective
+from idguardian_jax.losses.targets import Surrogates, Targets
+from idguardian_jax.views import PhotoViews
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,14 +51,16 @@ class EngineConfig:
         return self.loop
 
 
-def _loss_fn(params, x, arrays, clean, decoy, groups, cfg: EngineConfig):
+def _loss_fn(surrogates: Surrogates, x, views: PhotoViews, targets: Targets, groups,
+             cfg: EngineConfig):
     def loss(delta, key):
-        return objective.photo_loss(delta, x, arrays, clean, decoy, params, key,
-                                    groups=groups, cfg=cfg.objective)
+        return objective.photo_loss(delta, x, views, targets, surrogates, key, groups=groups,
+                                    cfg=cfg.objective)
     return loss
 
 
-def _identity_direction(params, x, arrays, clean, decoy, groups, cfg: EngineConfig):
+def _identity_direction(surrogates: Surrogates, x, views: PhotoViews, targets: Targets, groups,
+                        cfg: EngineConfig) -> pgd.ValueAndDirection:
     """(delta, key) -> (loss, direction to descend) of the identity terms (and baseline).
 
     balance 'loss': the gradient of the summed loss. balance 'gradient': each encoder's (and the
@@ -65,15 +69,16 @@ def _identity_direction(params, x, arrays, clean, decoy, groups, cfg: EngineConf
     each encoder's unit gradient further weighted by how far it still is from its own threshold
     (transfer.threshold_weight), so the step goes to the encoders that still recognize the face."""
     ocfg = cfg.objective
-    names = [(n, w) for n, w in ocfg.encoders if n in params and w != 0.0]
+    names = [(n, w) for n, w in ocfg.encoders if n in surrogates.encoders and w != 0.0]
     if not ocfg.transfer.balanced or len(names) + (ocfg.baseline is not None) < 2:
-        return jax.value_and_grad(_loss_fn(params, x, arrays, clean, decoy, groups, cfg))
+        return pgd.descent(_loss_fn(surrogates, x, views, targets, groups, cfg))
+    common = dict(x01=x, views=views, targets=targets, surrogates=surrogates, groups=groups,
+                  cfg=ocfg)
 
     def direction(delta, key):
         loss, g = 0.0, jnp.zeros_like(delta)
         for name, weight in names:
-            f = functools.partial(objective.encoder_loss, name, x01=x, arrays=arrays, clean=clean,
-                                  decoy=decoy, params=params, key=key, groups=groups, cfg=ocfg)
+            f = functools.partial(objective.encoder_loss, name, key=key, **common)
             l, gi = jax.value_and_grad(f)(delta)
             w = weight
             if ocfg.transfer.balance == "threshold" and ocfg.objective == "away":
@@ -82,8 +87,7 @@ def _identity_direction(params, x, arrays, clean, decoy, groups, cfg: EngineConf
                                                        ocfg.transfer.threshold_floor)
             loss, g = loss + weight * l, g + w * transfer.unit(gi, ocfg.transfer.balance_norm)
         if ocfg.baseline is not None:
-            f = functools.partial(objective.baseline_loss, x01=x, arrays=arrays, clean=clean,
-                                  params=params, key=key, groups=groups, cfg=ocfg)
+            f = functools.partial(objective.baseline_loss, key=key, **common)
             l, gi = jax.value_and_grad(f)(delta)
             loss, g = loss + l, g + transfer.unit(gi, ocfg.transfer.balance_norm)
         return loss, g
@@ -91,30 +95,30 @@ def _identity_direction(params, x, arrays, clean, decoy, groups, cfg: EngineConf
     return direction
 
 
-def _direction_fn(params, x, arrays, clean, decoy, groups, cfg: EngineConfig):
-    """None (plain loss gradient), or a direction function: the balanced ensemble's
-    (_identity_direction), and/or IDGuardian's combined direction: the identity gradient and
-    the deflection direction, each normalized over the photo (Algorithm 1). The deflection is
-    computed on each face's CLIP view (the image IP-Adapter reads) and pulled back to the photo
-    through the view's vector-Jacobian product."""
+def value_and_direction(surrogates: Surrogates, x: jax.Array, views: PhotoViews,
+                        targets: Targets, groups: dict, cfg: EngineConfig) -> pgd.ValueAndDirection:
+    """The one function PGD descends for a photo region x (H, W, 3) in [0, 1]: (delta, key) ->
+    (loss, direction). The identity terms' gradient (balanced across encoders when
+    cfg.objective.transfer says so, _identity_direction) and, with cfg.deflection, IDGuardian's
+    combined direction: the identity gradient and the deflection direction, each normalized over
+    the photo (Algorithm 1). The deflection is computed on each face's CLIP view (the image
+    IP-Adapter reads) and pulled back to the photo through the view's vector-Jacobian product."""
+    identity_dir = _identity_direction(surrogates, x, views, targets, groups, cfg)
     if cfg.deflection is None:
-        if not cfg.objective.transfer.balanced:
-            return None
-        return _identity_direction(params, x, arrays, clean, decoy, groups, cfg)
-    identity_dir = _identity_direction(params, x, arrays, clean, decoy, groups, cfg)
-    dp = params["_diffusion"]
+        return identity_dir
+    dp = surrogates.diffusion
     name = "clip_vit"
 
-    def views(x01):
+    def clip_views(x01):
         x255 = warp_quantize(x01, cfg.objective.quantize)
-        return objective.photo_views(x255, arrays[name], groups[name], None, objective.Jitter(),
-                                     "round")
+        return objective.photo_views(x255, views.encoders[name], groups[name], None,
+                                     objective.Jitter(), "round")
 
     def direction(delta, key):
         loss, g_id = identity_dir(delta, key)
-        chips, pull = jax.vjp(views, x + delta)
-        s_chip = deflection.score_direction(dp, chips, clean["_diffusion"]["z0"],
-                                            clean["_diffusion"]["tokens"],
+        chips, pull = jax.vjp(clip_views, x + delta)
+        s_chip = deflection.score_direction(dp, chips, targets.diffusion.z0,
+                                            targets.diffusion.tokens,
                                             jax.random.fold_in(key, 0xD1FF), cfg.deflection)
         (s_pix,) = pull(s_chip)
         return loss, deflection.combine(g_id, s_pix, cfg.deflection.weight)
@@ -128,34 +132,32 @@ def warp_quantize(x01, quantize: bool):
     return warp.quantize_uint8_st(x01) if quantize else jnp.clip(x01, 0, 1) * 255.0
 
 
-def _distances(params, delta, x, arrays, clean, groups, cfg: EngineConfig):
-    after = objective.photo_distances(delta, x, arrays, clean, params, groups=groups,
+def _distances(surrogates, delta, x, views, targets, groups, cfg: EngineConfig):
+    after = objective.photo_distances(delta, x, views, targets, surrogates, groups=groups,
                                       cfg=cfg.objective)
-    before = objective.photo_distances(jnp.zeros_like(delta), x, arrays, clean, params,
+    before = objective.photo_distances(jnp.zeros_like(delta), x, views, targets, surrogates,
                                        groups=groups, cfg=cfg.objective)
     return after, before
 
 
-def _scan_single(params, x, support, l2_max, arrays, clean, decoy, key_data, *, groups, cfg):
-    loss = _loss_fn(params, x, arrays, clean, decoy, groups, cfg)
+def _scan_single(surrogates, x, support, l2_max, views, targets, key_data, *, groups, cfg):
     key = jax.random.wrap_key_data(key_data)
-    direction = _direction_fn(params, x, arrays, clean, decoy, groups, cfg)
-    delta, losses = pgd.run_pgd(loss, x, key, cfg.pgd, support, l2_max, direction)
-    return (delta, losses) + _distances(params, delta, x, arrays, clean, groups, cfg)
+    vd = value_and_direction(surrogates, x, views, targets, groups, cfg)
+    delta, losses = pgd.run_pgd(vd, x, key, cfg.pgd, support, l2_max)
+    return (delta, losses) + _distances(surrogates, delta, x, views, targets, groups, cfg)
 
 
 def _init_single(x, support, l2_max, key_data, *, cfg):
     return pgd.init(x, jax.random.wrap_key_data(key_data), cfg.pgd, support, l2_max)
 
 
-def _step_single(params, carry, i, x, support, l2_max, arrays, clean, decoy, *, groups, cfg):
-    loss = _loss_fn(params, x, arrays, clean, decoy, groups, cfg)
-    direction = _direction_fn(params, x, arrays, clean, decoy, groups, cfg)
-    return pgd.step(carry, i, loss, x, cfg.pgd, support, l2_max, direction)
+def _step_single(surrogates, carry, i, x, support, l2_max, views, targets, *, groups, cfg):
+    vd = value_and_direction(surrogates, x, views, targets, groups, cfg)
+    return pgd.step(carry, i, vd, x, cfg.pgd, support, l2_max)
 
 
-def _finish_single(params, delta, x, arrays, clean, *, groups, cfg):
-    return _distances(params, delta, x, arrays, clean, groups, cfg)
+def _finish_single(surrogates, delta, x, views, targets, *, groups, cfg):
+    return _distances(surrogates, delta, x, views, targets, groups, cfg)
 
 
 @functools.lru_cache(maxsize=64)
@@ -165,46 +167,47 @@ def _compiled(kind: str, groups_items: tuple, cfg: EngineConfig, mesh: jax.shard
     rep, bat = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     if kind == "scan":
         fn = jax.vmap(functools.partial(_scan_single, groups=groups, cfg=cfg),
-                      in_axes=(None, 0, 0, 0, 0, 0, 0, 0))
-        return jax.jit(fn, in_shardings=(rep,) + (bat,) * 7, out_shardings=bat)
+                      in_axes=(None, 0, 0, 0, 0, 0, 0))
+        return jax.jit(fn, in_shardings=(rep,) + (bat,) * 6, out_shardings=bat)
     if kind == "init":
         fn = jax.vmap(functools.partial(_init_single, cfg=cfg))
         return jax.jit(fn, in_shardings=(bat,) * 4, out_shardings=bat)
     if kind == "step":
         fn = jax.vmap(functools.partial(_step_single, groups=groups, cfg=cfg),
-                      in_axes=(None, 0, None, 0, 0, 0, 0, 0, 0))
-        return jax.jit(fn, in_shardings=(rep, bat, rep) + (bat,) * 6, out_shardings=bat,
+                      in_axes=(None, 0, None, 0, 0, 0, 0, 0))
+        return jax.jit(fn, in_shardings=(rep, bat, rep) + (bat,) * 5, out_shardings=bat,
                        donate_argnums=(1,))
     fn = jax.vmap(functools.partial(_finish_single, groups=groups, cfg=cfg),
                   in_axes=(None, 0, 0, 0, 0))
     return jax.jit(fn, in_shardings=(rep,) + (bat,) * 4, out_shardings=bat)
 
 
-def _run_chunk(params, part, groups_items, cfg: EngineConfig, mesh):
-    x, support, l2_max, arrays, clean, decoy, key_data = part
+def _run_chunk(surrogates, part, groups_items, cfg: EngineConfig, mesh):
+    x, support, l2_max, views, targets, key_data = part
     if cfg.resolved_loop() == "scan":
-        return _compiled("scan", groups_items, cfg, mesh)(params, *part)
+        return _compiled("scan", groups_items, cfg, mesh)(surrogates, *part)
     carry = _compiled("init", groups_items, cfg, mesh)(x, support, l2_max, key_data)
     step = _compiled("step", groups_items, cfg, mesh)
     losses = []
     for i in range(cfg.pgd.steps):
         idx = parallel.replicate(np.int32(i), mesh)
-        carry, loss = step(params, carry, idx, x, support, l2_max, arrays, clean, decoy)
+        carry, loss = step(surrogates, carry, idx, x, support, l2_max, views, targets)
         losses.append(loss)
     delta = carry[0]
     losses = jnp.stack(losses, axis=1) if losses else jnp.zeros((x.shape[0], 0), jnp.float32)
-    after, before = _compiled("finish", groups_items, cfg, mesh)(params, delta, x, arrays, clean)
+    after, before = _compiled("finish", groups_items, cfg, mesh)(surrogates, delta, x, views,
+                                                                 targets)
     return delta, losses, after, before
 
 
-def protect_batch(params: dict[str, Any], x: np.ndarray, support: np.ndarray, l2_max: np.ndarray,
-                  arrays: dict, clean: dict, decoy: dict, key_data: np.ndarray, *, groups: dict,
+def protect_batch(surrogates: Surrogates, x: np.ndarray, support: np.ndarray, l2_max: np.ndarray,
+                  views: PhotoViews, targets: Targets, key_data: np.ndarray, *, groups: dict,
                   cfg: EngineConfig, mesh: jax.sharding.Mesh):
     """PGD on a batch of photo regions of one signature.
 
-    params: encoder name -> params (replicated). x: (B, H, W, 3) float32 in [0, 1].
+    surrogates: the models' frozen params (replicated). x: (B, H, W, 3) float32 in [0, 1].
     support: (B, H, W). l2_max: (B,) float32 L2 radius of delta (np.inf: no L2 limit).
-    arrays/clean/decoy: per encoder, leading axis B. key_data: (B, 2) uint32.
+    views/targets: leading axis B on every leaf. key_data: (B, 2) uint32.
     Returns numpy (delta (B, H, W, 3), losses (B, steps), distances after / before: name -> (B, F)).
     B is padded internally to a multiple of per_device x devices; chunks run one after another.
     With several processes (jax.distributed), every process calls this together with its own rows
@@ -215,12 +218,15 @@ def protect_batch(params: dict[str, Any], x: np.ndarray, support: np.ndarray, l2
     if jax.process_count() > 1 and b > chunk:
         raise ValueError(f"with several processes each call takes at most {chunk} rows, got {b}")
     groups_items = tuple(sorted(groups.items()))
-    params = parallel.replicate(params, mesh)
-    batch = (x, support, np.asarray(l2_max, np.float32), arrays, clean, decoy, key_data)
+    chex.assert_rank(x, 4)
+    chex.assert_shape(support, x.shape[:3])
+    chex.assert_shape(key_data, (b, 2))
+    surrogates = parallel.replicate(surrogates, mesh)
+    batch = (x, support, np.asarray(l2_max, np.float32), views, targets, key_data)
     outs = []
     for lo in range(0, b, chunk):
         part = jax.tree_util.tree_map(lambda a: _pad_rows(a[lo:lo + chunk], chunk), batch)
-        out = _run_chunk(params, parallel.shard_batch(part, mesh), groups_items, cfg, mesh)
+        out = _run_chunk(surrogates, parallel.shard_batch(part, mesh), groups_items, cfg, mesh)
         n = min(chunk, b - lo)
         outs.append(jax.tree_util.tree_map(lambda a: a[:n], parallel.to_local(out)))
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=0), *outs)
