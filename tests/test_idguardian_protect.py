@@ -83,8 +83,14 @@ def test_baselines_run_and_move_their_objective(checkpoints, faces_dir, name):
 @pytest.mark.parametrize("name", sorted(
     f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs"))
     if f.endswith(".py") and f != "__init__.py"))
-def test_every_config_builds_its_loop(name):
+def test_every_config_builds_its_loop(name, checkpoints, faces_dir):
+    """Each shipped config's settings, and one PGD step of its loop traced (jax.eval_shape: the
+    whole objective, direction and update, no compile) with its files pointed at tiny models."""
     import importlib
+
+    import jax
+
+    from idguardian_jax.attack import engine
 
     cfg = importlib.import_module(f"configs.{name}").get_config()
     ec = settings.engine_config(cfg)
@@ -92,3 +98,24 @@ def test_every_config_builds_its_loop(name):
     b = cfg.diffusion.get("baseline", "")
     assert (ec.objective.baseline is not None) == bool(b)
     assert (ec.deflection is not None) == bool(cfg.diffusion.enabled)
+    root, paths, fn = checkpoints
+    cfg.objective.installed_encoders = "none"
+    names = [n for n, _ in cfg.objective.encoders]
+    if "clip_vit" in names:
+        cfg.objective.checkpoints.clip_vit = paths["image_encoder"]
+    if "facenet" in names:
+        cfg.objective.checkpoints.facenet = fn
+    if settings.diffusion_wanted(cfg):
+        cfg.diffusion.model_dir = root
+        cfg.diffusion.ip_adapter = paths["plus"]
+    pr = protect.Protector(cfg)
+    img = np.asarray(Image.open(os.path.join(faces_dir, "n000050_A_0003_01.png")).convert("RGB"))
+    img = np.asarray(Image.fromarray(img).resize((192, 192), Image.LANCZOS))
+    p = pr.prepare(0, img)
+    assert p.plan is not None
+    x, support, l2, views, targets, key = pr._inputs(p)
+    carry = engine._init_single(x, support, l2, key, cfg=pr.cfg)
+    (delta, _, _), loss = jax.eval_shape(
+        lambda c: engine._step_single(pr.models.surrogates, c, 0, x, support, l2, views, targets,
+                                      groups=p.plan.groups, cfg=pr.cfg), carry)
+    assert delta.shape == x.shape and loss.shape == ()
