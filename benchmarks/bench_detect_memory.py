@@ -24,7 +24,7 @@ def peak_mib() -> float:
 
 def one(size: int, max_side: int | None, steps: int, photo: str) -> None:
     from common import synthetic_photo
-    from configs import default
+    from idguardian_jax.configs import default
     from idguardian_jax import images, protect
 
     cfg = default.get_config()

@@ -31,7 +31,7 @@ def start_times():
 
 
 def descriptor_times(batch: int):
-    from encoders import dlib_resnet
+    from idguardian_jax.encoders import dlib_resnet
 
     params = dlib_resnet.load()
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(batch, 150, 150, 3)).astype(np.float32))

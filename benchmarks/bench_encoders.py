@@ -27,7 +27,7 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    import encoders
+    from idguardian_jax import encoders
 
     rows = [("dlib_resnet", None), ("facenet", "facenet.pt"), ("arcface", "r50.pth"),
             ("arcface", "r100.onnx"), ("clip_vit", "clip_l"), ("clip_vit", "clip_h")]

@@ -78,7 +78,7 @@ def main():
     args = ap.parse_args()
     if not os.path.isdir(FACES):
         sys.exit(f"{FACES}: the shared face photos are needed")
-    from configs import tiny
+    from idguardian_jax.configs import tiny
     from idguardian_jax import evaluate, protect, settings
     from idguardian_jax.cli import common
     from idguardian_jax.evaluate import report

@@ -126,7 +126,7 @@ def jax_random_models(name, dtype):
     """(pipe, proj, clip, fn_params, pe, info) for --random=name, weights random in dtype."""
     import diffusion_reference as dr
     import reference_models as rm
-    from encoders import clip_vit, facenet
+    from idguardian_jax.encoders import clip_vit, facenet
     from idguardian_jax.diffusion import ip_adapter as ipa
     from idguardian_jax.diffusion import loaders
     from idguardian_jax.diffusion import schedule as schedule_lib
@@ -175,7 +175,7 @@ def jax_random_models(name, dtype):
 def jax_models(kind, dtype):
     """kind 'tiny' (random tiny SDXL-style models written to a temp folder) or a tuple of local
     paths (diffusers folder, IP-Adapter file, CLIP folder, FaceNet file)."""
-    from encoders import clip_vit, facenet
+    from idguardian_jax.encoders import clip_vit, facenet
     from idguardian_jax.diffusion import loaders, text
 
     if kind == "tiny":

@@ -37,7 +37,7 @@ def main():
         from PIL import Image
 
         rgb = np.asarray(Image.fromarray(rgb).resize((512, 512), Image.LANCZOS))
-    cfg = importlib.import_module(f"configs.{args.config}").get_config()
+    cfg = importlib.import_module(f"idguardian_jax.configs.{args.config}").get_config()
     if args.steps:
         cfg.attack.steps = args.steps
     pr = protect.Protector(cfg)
@@ -56,7 +56,7 @@ def main():
     t = time.perf_counter()
     pr.measure(prep, res[0].protected)
     t_measure = time.perf_counter() - t
-    import encoders as encoder_registry
+    from idguardian_jax import encoders as encoder_registry
 
     fbs = {}
     for name in pr.embedding_names:

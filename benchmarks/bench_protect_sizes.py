@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="warm runs after the first (0: report the first run, compiles included)")
     args = ap.parse_args()
-    from configs import default
+    from idguardian_jax.configs import default
     from idguardian_jax import images, protect, samples
 
     path = args.photo if os.path.exists(args.photo) else samples.resolve("sample:astronaut")

@@ -7,7 +7,7 @@ model's denoising loss on each face's aligned 224 px crop, gradient through the 
 Budget 8/255, step 0.005, 100 signed steps (AdvDM's common settings at this budget). No identity
 encoder weights are needed: the clip_vit entry (weight 0) only places the crop.
 """
-from configs import default
+from idguardian_jax.configs import default
 
 
 def get_config():

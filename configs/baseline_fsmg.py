@@ -6,7 +6,7 @@ model_dir at the fine-tuned diffusers folder:
       --config.diffusion.model_dir=/models/dreambooth-person-42 \
       --config.diffusion.prompt="a photo of sks person" --input=photos/ --output=out/
 """
-from configs import baseline_advdm
+from idguardian_jax.configs import baseline_advdm
 
 
 def get_config():

@@ -4,7 +4,7 @@ the VAE latent of each face's aligned 224 px crop toward the latent of a flat gr
   idguardian-protect --config=configs/baseline_photoguard.py \
       --config.diffusion.model_dir=/models/stable-diffusion-v1-5 --input=photos/ --output=out/
 """
-from configs import baseline_advdm
+from idguardian_jax.configs import baseline_advdm
 
 
 def get_config():

@@ -127,7 +127,6 @@ def get_config():
 
     c.batch = ml_collections.ConfigDict()
     c.batch.per_device = 1            # photos per device per program call
-    c.batch.window = 16               # photos read and prepared together (grouped by shape)
 
     # Dataset jobs (idguardian_jax/jobs.py): input pipeline threads and photos read ahead, how
     # often throughput is reported, and whether a folder holding another job may be redone.

@@ -19,7 +19,7 @@ deflection sees, pulled back to the full-resolution photo. On GPU use
 --config.diffusion.dtype=bfloat16 (or float16, the reference's). A step of SDXL at 224 px is
 several seconds on a CPU: this configuration is meant for accelerators.
 """
-from configs import idguardian_extract
+from idguardian_jax.configs import idguardian_extract
 
 
 def get_config():

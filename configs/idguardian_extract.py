@@ -17,7 +17,7 @@ each encoder reads an InsightFace-style aligned crop (CLIP 224 px, FaceNet 160 p
 descriptor is always measured afterwards as the yardstick. 200 steps of ViT-H are meant for a GPU;
 on a CPU use --config.attack.steps=20 for a try.
 """
-from configs import default
+from idguardian_jax.configs import default
 
 
 def get_config():

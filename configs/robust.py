@@ -8,7 +8,7 @@ through one random differentiable post-processing before the face views are cut:
 sigma 0-1, Gaussian noise 0-3 levels; or none (p_identity). More steps, since each step sees one
 transform. Measured effect and cost: docs/ROBUSTNESS.md.
 """
-from configs import default
+from idguardian_jax.configs import default
 
 
 def get_config():

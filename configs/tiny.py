@@ -1,5 +1,5 @@
 """A few steps, for tests and smoke runs: idguardian-protect --config=configs/tiny.py ..."""
-from configs import default
+from idguardian_jax.configs import default
 
 
 def get_config():

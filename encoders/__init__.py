@@ -5,7 +5,7 @@ weights, how to embed [0, 1] RGB chips, its distance and its same-person thresho
 """
 from __future__ import annotations
 
-from encoders.base import Encoder
+from idguardian_jax.encoders.base import Encoder
 
 
 _REGISTRY: dict[str, Encoder] = {}
@@ -67,7 +67,7 @@ def _ensure_builtin() -> None:
     """Registers the built-in encoders (each module's ENCODER or ENCODERS) on first use."""
     if _BUILTIN_DONE:
         return
-    from encoders import arcface, clip_vit, dlib_resnet, facenet, tfjs_face
+    from idguardian_jax.encoders import arcface, clip_vit, dlib_resnet, facenet, tfjs_face
 
     for module in (arcface, clip_vit, dlib_resnet, facenet, tfjs_face):
         for enc in getattr(module, "ENCODERS", None) or (module.ENCODER,):

@@ -41,8 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from encoders.facenet import l2_normalize
-from encoders.base import Encoder
+from idguardian_jax.encoders.facenet import l2_normalize
+from idguardian_jax.encoders.base import Encoder
 from idguardian_jax.checkpoints import cache
 from idguardian_jax.checkpoints.tensors import (CheckpointError, _first_line, _flax_to_torch_name,
                                                 bilinear_resize, count_params, read_tensors,
@@ -181,11 +181,6 @@ def normalize(emb: jax.Array) -> jax.Array:
 
 def apply_normed(params: dict[str, Any], chips: jax.Array) -> jax.Array:
     return normalize(apply(params, chips))
-
-
-def distance(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Cosine distance 1 - cos(a, b); same person below THRESHOLD (0.72)."""
-    return 1.0 - jnp.sum(l2_normalize(a) * l2_normalize(b), axis=-1)
 
 
 # ==========================================================================================

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from idguardian_jax.checkpoints.tensors import CheckpointError, bilinear_resize, read_safetensors
-from encoders.base import Encoder
+from idguardian_jax.encoders.base import Encoder
 
 NAME = "clip_vit"
 CHIP_SIZE = 224
@@ -220,12 +220,6 @@ def penultimate_hidden_state(params: CLIPParams, chips: jax.Array) -> jax.Array:
     """hidden_states[-2] (N, T, D) computed with the first L - 1 layers only."""
     return forward(params, chips, num_layers=params.config.num_hidden_layers - 1)[
         "last_hidden_state"]
-
-
-def distance(a: jax.Array, b: jax.Array) -> jax.Array:
-    an = a / jnp.linalg.norm(a, axis=-1, keepdims=True)
-    bn = b / jnp.linalg.norm(b, axis=-1, keepdims=True)
-    return 1.0 - jnp.sum(an * bn, axis=-1)
 
 
 # ==========================================================================================

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from idguardian_jax.checkpoints import bundled, cache, dlib_format
-from encoders.base import Encoder
+from idguardian_jax.encoders.base import Encoder
 
 NAME = "dlib_resnet"
 CHIP_SIZE = 150
@@ -137,11 +137,6 @@ def apply(params: dict[str, Any], chips: jax.Array) -> jax.Array:
 def apply_uint8(params: dict[str, Any], chips_u8: np.ndarray) -> jax.Array:
     """Descriptors of uint8 RGB chips (N, 150, 150, 3), as dlib computes them from a chip."""
     return apply(params, jnp.asarray(chips_u8, jnp.float32) / 255.0)
-
-
-def distance(a: jax.Array, b: jax.Array) -> jax.Array:
-    """dlib's face distance: Euclidean, same person below THRESHOLD (0.6)."""
-    return jnp.linalg.norm(a - b, axis=-1)
 
 
 # ------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from encoders.base import Encoder
+from idguardian_jax.encoders.base import Encoder
 from idguardian_jax.checkpoints import cache
 from idguardian_jax.checkpoints.tensors import (CheckpointError, bilinear_resize, count_params,  # noqa: F401
                                                 read_tensors, state_dict_to_variables, write_tensors)
@@ -215,11 +215,6 @@ def apply(params: dict[str, Any], chips: jax.Array, *, standardization: str = "i
     chex.assert_axis_dimension(chips, -1, 3)
     x = MODEL.apply(params["net"], preprocess(chips, standardization, size))
     return l2_normalize(x) if normalize else x
-
-
-def distance(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Cosine distance 1 - cos(a, b); same person below THRESHOLD."""
-    return 1.0 - jnp.sum(l2_normalize(a) * l2_normalize(b), axis=-1)
 
 
 # ==========================================================================================

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from idguardian_jax.checkpoints import human_models, tfjs
-from encoders.base import Encoder
+from idguardian_jax.encoders.base import Encoder
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # faceres' chip: the ArcFace template shrunk towards the centre by 1 + margin (module docstring);

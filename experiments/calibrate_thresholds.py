@@ -18,8 +18,8 @@ import labelled_faces
 import numpy as np
 from absl import app, flags
 
-import encoders as encoder_registry
-from configs import default as default_config
+from idguardian_jax import encoders as encoder_registry
+from idguardian_jax.configs import default as default_config
 from idguardian_jax import protect
 from idguardian_jax.faces import analyze
 

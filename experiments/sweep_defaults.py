@@ -19,7 +19,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from configs import default
+from idguardian_jax.configs import default
 from idguardian_jax import images, protect
 
 FLAGS = flags.FLAGS

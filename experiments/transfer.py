@@ -29,8 +29,8 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-import encoders as encoder_registry
-from configs import default as default_config
+from idguardian_jax import encoders as encoder_registry
+from idguardian_jax.configs import default as default_config
 from idguardian_jax import images, protect, settings
 from idguardian_jax.faces import analyze
 from idguardian_jax.losses import identity
@@ -177,7 +177,7 @@ def main(argv):
     rows, done = [], {}
     for variant in FLAGS.variants:
         for left in FLAGS.leave_out:
-            cfg = importlib.import_module(f"configs.{FLAGS.base}").get_config()
+            cfg = importlib.import_module(f"idguardian_jax.configs.{FLAGS.base}").get_config()
             for k, v in {**VARIANTS[variant], **extra}.items():
                 _set(cfg, k, v)
             ens = tuple((n, w) for n, w in settings.encoders_of(cfg)

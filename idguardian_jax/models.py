@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import encoders as encoder_registry
+from idguardian_jax import encoders as encoder_registry
 from idguardian_jax import settings
 from idguardian_jax.errors import UsageError
 from idguardian_jax.faces import analyze

@@ -23,7 +23,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-import encoders as encoder_registry
+from idguardian_jax import encoders as encoder_registry
 from idguardian_jax import images, parallel, settings, views, writer
 from idguardian_jax.attack import engine
 from idguardian_jax.errors import UsageError

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-import encoders as encoder_registry
+from idguardian_jax import encoders as encoder_registry
 
 
 @dataclasses.dataclass

@@ -212,7 +212,6 @@ FIELDS: dict[str, Field] = {
     "diffusion.photoguard_target": Field("gray level of PhotoGuard's target image", number(0, 1)),
     "detect.upsample": Field("dlib detector upsampling (as face_recognition)", integer(0, 4)),
     "batch.per_device": Field("photos per device per program call", integer(1)),
-    "batch.window": Field("photos read and prepared together", integer(1)),
     "job.read_threads": Field("input pipeline threads", integer(1)),
     "job.prefetch": Field("photos read ahead", integer(1)),
     "job.report_every_s": Field("seconds between throughput lines", number(0, lo_open=True)),
@@ -265,7 +264,7 @@ def describe(config) -> str:
 
 
 def package_configs_dir() -> str:
-    import configs
+    from idguardian_jax import configs
 
     return os.path.dirname(os.path.abspath(configs.__file__))
 
@@ -400,6 +399,6 @@ def dlib_alone_note(config) -> str | None:
 
 
 def default_config():
-    from configs import default
+    from idguardian_jax.configs import default
 
     return default.get_config()

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from configs import tiny
+from idguardian_jax.configs import tiny
 from idguardian_jax import protect
 
 

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-import encoders
+from idguardian_jax import encoders
 from idguardian_jax.checkpoints import tensors
 from idguardian_jax.cli import convert
 

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import encoders
-from encoders.base import Encoder
+from idguardian_jax import encoders
+from idguardian_jax.encoders.base import Encoder
 from idguardian_jax import parallel, views
 from idguardian_jax.attack import engine, pgd
 from idguardian_jax.faces import align

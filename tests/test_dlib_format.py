@@ -88,7 +88,7 @@ def test_garbled_layer_tag(tmp_path):
 
 
 def test_detector_file_is_not_a_descriptor_network():
-    from encoders import dlib_resnet
+    from idguardian_jax.encoders import dlib_resnet
     with pytest.raises(dlib_format.DlibFormatError, match="not the dlib face recognition network"):
         dlib_resnet.load(bundled.model_path(bundled.DETECTOR), use_cache=False)
 

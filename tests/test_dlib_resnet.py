@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders import dlib_resnet
+from idguardian_jax.encoders import dlib_resnet
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import reference_models as rm
-from encoders import arcface
+from idguardian_jax.encoders import arcface
 
 TINY = dict(layers=(1, 2, 1, 1), widths=(8, 16, 16, 32), num_features=16)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import reference_models as rm
-from encoders import clip_vit
+from idguardian_jax.encoders import clip_vit
 from idguardian_jax.checkpoints.tensors import CheckpointError, read_safetensors, write_safetensors
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import reference_models as rm
-from encoders import facenet
+from idguardian_jax.encoders import facenet
 
 VGG_HEAD = 8631
 

@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 import reference_models as rm  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from configs import idguardian_extract  # noqa: E402
+from idguardian_jax.configs import idguardian_extract  # noqa: E402
 from idguardian_jax import protect  # noqa: E402
 
 

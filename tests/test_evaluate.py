@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import tiny
+from idguardian_jax.configs import tiny
 from idguardian_jax import evaluate, images, protect
 from idguardian_jax.evaluate import inputs, lpips, metrics, report, transforms
 from idguardian_jax.faces import analyze
@@ -346,7 +346,7 @@ def test_a_second_encoder_from_a_checkpoint(folders, models, tmp_path):
     torch = pytest.importorskip("torch")
     import reference_models as rm
 
-    import encoders
+    from idguardian_jax import encoders
     from idguardian_jax.faces import align
 
     ckpt = str(tmp_path / "facenet.pt")

@@ -17,7 +17,7 @@ import os
 import numpy as np
 import pytest
 
-from configs import tiny
+from idguardian_jax.configs import tiny
 from idguardian_jax import protect
 from idguardian_jax.checkpoints import cache
 
@@ -29,7 +29,7 @@ def fingerprint() -> str:
     import jax
     import jax.numpy as jnp
 
-    import encoders
+    from idguardian_jax import encoders
 
     enc = encoders.get("dlib_resnet")
     params = encoders.load_params("dlib_resnet")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import tiny
+from idguardian_jax.configs import tiny
 from idguardian_jax import images, jobs, jsonio, protect, settings, writer
 from idguardian_jax.checkpoints import cache
 from idguardian_jax.cli import common
@@ -260,7 +260,7 @@ def test_shipped_configs_are_valid():
     from idguardian_jax import settings
 
     for name in settings.shipped_config_names():
-        mod = __import__(f"configs.{name}", fromlist=["get_config"])
+        mod = __import__(f"idguardian_jax.configs.{name}", fromlist=["get_config"])
         settings.validate(mod.get_config())
 
 

@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 import diffusion_reference as dr  # noqa: E402
 import reference_models as rm  # noqa: E402
 
-from configs import idguardian  # noqa: E402
+from idguardian_jax.configs import idguardian  # noqa: E402
 from idguardian_jax import protect, settings  # noqa: E402
 
 
@@ -68,7 +68,7 @@ def test_baselines_run_and_move_their_objective(checkpoints, faces_dir, name):
     from idguardian_jax.diffusion import vae
 
     root, paths, fn = checkpoints
-    cfg = importlib.import_module(f"configs.{name}").get_config()
+    cfg = importlib.import_module(f"idguardian_jax.configs.{name}").get_config()
     cfg.attack.steps = 3
     cfg.diffusion.model_dir = root
     img = np.asarray(Image.open(os.path.join(faces_dir, "n000050_A_0003_01.png")).convert("RGB"))
@@ -92,7 +92,7 @@ def test_every_config_builds_its_loop(name, checkpoints, faces_dir):
 
     from idguardian_jax.attack import engine
 
-    cfg = importlib.import_module(f"configs.{name}").get_config()
+    cfg = importlib.import_module(f"idguardian_jax.configs.{name}").get_config()
     ec = settings.engine_config(cfg)
     assert 0 < ec.pgd.eps <= 8 / 255 + 1e-9
     b = cfg.diffusion.get("baseline", "")

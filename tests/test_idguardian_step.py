@@ -12,7 +12,7 @@ pytest.importorskip("diffusers")
 import diffusion_reference as dr  # noqa: E402
 import reference_models as rm  # noqa: E402
 
-from encoders import clip_vit, facenet  # noqa: E402
+from idguardian_jax.encoders import clip_vit, facenet  # noqa: E402
 from idguardian_jax.diffusion import loaders, text  # noqa: E402
 from idguardian_jax.losses import deflection  # noqa: E402
 

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 import diffusion_reference as dr  # noqa: E402
 import reference_models as rm  # noqa: E402
-from encoders import clip_vit  # noqa: E402
+from idguardian_jax.encoders import clip_vit  # noqa: E402
 from idguardian_jax.checkpoints.tensors import CheckpointError, read_safetensors  # noqa: E402
 from idguardian_jax.diffusion import ip_adapter as ipa  # noqa: E402
 from idguardian_jax.diffusion import loaders  # noqa: E402

@@ -11,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from configs import tiny
+from idguardian_jax.configs import tiny
 from idguardian_jax import images, jobs, writer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,9 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("idguardian_jax", "encoders", "configs")
+# package name -> its folder in the repository (pyproject.toml's package-dir)
+PACKAGES = {"idguardian_jax": "idguardian_jax", "idguardian_jax.encoders": "encoders",
+            "idguardian_jax.configs": "configs"}
 MAX_LINES = 450
 # Ported model definitions (a network's layers, or an importer of a graph format, held to
 # equivalence with the upstream implementation): exempt from the size rule.
@@ -23,15 +25,15 @@ PORTED_MODELS = {
 def _modules() -> dict[str, str]:
     """dotted module name -> file path, for every .py file of the project's packages."""
     out = {}
-    for pkg in PACKAGES:
-        for folder, _, files in os.walk(os.path.join(ROOT, pkg)):
+    for pkg, top in PACKAGES.items():
+        for folder, _, files in os.walk(os.path.join(ROOT, top)):
             for f in files:
                 if f.endswith(".py"):
-                    rel = os.path.relpath(os.path.join(folder, f), ROOT)[:-3]
-                    parts = rel.split(os.sep)
-                    if parts[-1] == "__init__":
-                        parts = parts[:-1]
-                    out[".".join(parts)] = os.path.join(folder, f)
+                    rel = os.path.relpath(os.path.join(folder, f), os.path.join(ROOT, top))[:-3]
+                    parts = [p for p in rel.split(os.sep) if p != "__init__"]
+                    name = ".".join([pkg] + parts)
+                    if name not in out:  # a mapped folder wins over a same-named subfolder
+                        out[name] = os.path.join(folder, f)
     return out
 
 
@@ -102,7 +104,8 @@ def test_the_module_graph_is_read_right():
     g = _graph()
     assert "idguardian_jax.writer" in g["idguardian_jax.jobs"]
     assert "idguardian_jax.settings" in g["idguardian_jax.protect"]
-    assert "encoders" in g["idguardian_jax.protect"]  # `import encoders as encoder_registry`
+    # `from idguardian_jax import encoders as encoder_registry` (the folder encoders/)
+    assert "idguardian_jax.encoders" in g["idguardian_jax.protect"]
 
 
 def test_no_import_cycles():
@@ -131,3 +134,17 @@ def test_no_module_over_450_lines_outside_ported_models(name):
     with open(path, encoding="utf-8") as fh:
         n = sum(1 for _ in fh)
     assert n <= MAX_LINES, f"{rel}: {n} lines (at most {MAX_LINES} outside ported models)"
+
+
+def test_every_package_folder_is_installed_under_the_project_name():
+    """pyproject.toml lists every package (encoders/ and configs/ as idguardian_jax.encoders and
+    idguardian_jax.configs), so nothing generic lands in site-packages and no folder is left out."""
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        tool = tomllib.load(fh)["tool"]["setuptools"]
+    assert tool["package-dir"] == {k: v for k, v in PACKAGES.items() if k != v}
+    found = {n for n, p in _modules().items() if p.endswith("__init__.py")}
+    assert set(tool["packages"]) == found
+    assert not any(p in ("encoders", "configs") or p.split(".")[0] != "idguardian_jax"
+                   for p in tool["packages"])

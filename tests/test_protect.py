@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import tiny
+from idguardian_jax.configs import tiny
 from idguardian_jax import protect
 
 
@@ -92,7 +92,7 @@ def test_rejects_bad_arrays(protector):
 
 @pytest.mark.slow
 def test_two_faces_both_protected(faces_dir):
-    from configs import default
+    from idguardian_jax.configs import default
 
     cfg = default.get_config()
     cfg.attack.steps = 30

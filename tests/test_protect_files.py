@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from configs import tiny
+from idguardian_jax.configs import tiny
 from idguardian_jax import images, protect
 
 

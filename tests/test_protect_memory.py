@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {bench!r})
     from common import synthetic_photo
-    from configs import default
+    from idguardian_jax.configs import default
     from idguardian_jax import images, protect
 
     cfg = default.get_config()

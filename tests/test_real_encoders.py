@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import encoders
+from idguardian_jax import encoders
 from idguardian_jax import images
 from idguardian_jax.checkpoints import cache, human_models
 from idguardian_jax.cli import models as models_cli

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-import encoders
+from idguardian_jax import encoders
 from idguardian_jax.attack import pgd, transfer
 
 

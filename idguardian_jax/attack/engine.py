@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import encoders as encoder_registry
+from idguardian_jax import encoders as encoder_registry
 from idguardian_jax import parallel
 from idguardian_jax.attack import pgd, transfer
 from idguardian_jax.losses import deflection, objective

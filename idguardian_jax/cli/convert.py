@@ -37,7 +37,7 @@ def convert(encoder: str, checkpoint: str | None, output: str) -> dict:
     import jax
     import numpy as np
 
-    import encoders
+    from idguardian_jax import encoders
     from idguardian_jax.checkpoints import tensors
 
     enc = encoders.get(encoder)
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     if not FLAGS.encoder or not FLAGS.output:
         raise app.UsageError("give --encoder=NAME and --output=FILE.safetensors",
                              exitcode=common.EXIT_USAGE)
-    import encoders
+    from idguardian_jax import encoders
 
     if FLAGS.encoder not in encoders.names():
         raise app.UsageError(f"unknown encoder {FLAGS.encoder!r}; available: "

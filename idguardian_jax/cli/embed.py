@@ -51,7 +51,7 @@ def embed_paths(inputs: list[tuple[str, str]], aligned: bool = False, upsample: 
     """The per-image records of the JSON output (see the module docstring)."""
     import numpy as np
 
-    import encoders
+    from idguardian_jax import encoders
     from idguardian_jax.faces import align, analyze
 
     enc = encoders.get(encoder)
@@ -108,7 +108,7 @@ def compare(records: list[dict], encoder: str = "dlib_resnet") -> list[dict]:
     """All pairs of faces across the records: the encoder's distance and same-person decision."""
     import numpy as np
 
-    import encoders
+    from idguardian_jax import encoders
     from idguardian_jax.losses import identity
 
     enc = encoders.get(encoder)

@@ -99,7 +99,7 @@ def main(argv: list[str]) -> int:
     import logging
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import encoders as encoder_registry
+    from idguardian_jax import encoders as encoder_registry
     from idguardian_jax import evaluate
     from idguardian_jax.evaluate import inputs, report
 

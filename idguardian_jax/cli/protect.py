@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 from idguardian_jax.cli import common
 
-import configs
+from idguardian_jax import configs
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), "default.py")
 

@@ -194,7 +194,7 @@ def unconditional_tokens(params: ImageProjParams, clip_params=None) -> jax.Array
         return project(params, jnp.zeros((1, cfg.embedding_dim), jnp.float32))
     if clip_params is None:
         raise ValueError("Plus unconditional tokens need the CLIP image encoder (clip_params)")
-    from encoders import clip_vit
+    from idguardian_jax.encoders import clip_vit
 
     chips = zero_image_chips(clip_params.config.image_size)
     return project(params, clip_vit.penultimate_hidden_state(clip_params, jnp.asarray(chips)))
@@ -203,7 +203,7 @@ def unconditional_tokens(params: ImageProjParams, clip_params=None) -> jax.Array
 def image_tokens(params: ImageProjParams, clip_params, chips: jax.Array) -> jax.Array:
     """Plus: tokens of [0, 1] RGB chips (B, H, W, 3) through the project's CLIP port
     (penultimate hidden state, no post-LayerNorm) and the resampler; differentiable."""
-    from encoders import clip_vit
+    from idguardian_jax.encoders import clip_vit
 
     if params.config.kind == PLUS:
         return project(params, clip_vit.penultimate_hidden_state(clip_params, chips))

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import encoders as encoder_registry
+from idguardian_jax import encoders as encoder_registry
 from idguardian_jax import images, views
 from idguardian_jax.evaluate import inputs, metrics
 from idguardian_jax.evaluate import transforms as transforms_mod

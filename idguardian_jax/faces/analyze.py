@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from encoders import dlib_resnet
+from idguardian_jax.encoders import dlib_resnet
 from idguardian_jax.faces import align, detect, detect_regions, landmarks
 
 
@@ -125,7 +125,7 @@ def find_faces(image: np.ndarray, models: FaceModels, upsample_num_times: int = 
 
 
 def needs_68(encoder_names: Sequence[str]) -> bool:
-    import encoders
+    from idguardian_jax import encoders
 
     return any(encoders.get(n).view != "dlib" for n in encoder_names)
 

@@ -129,7 +129,7 @@ def combine(g_id: jax.Array, s_pix: jax.Array, weight: float = 1.0) -> jax.Array
 def reference_identity_loss(x_adv: jax.Array, x: jax.Array, clip_params, facenet_params) -> jax.Array:
     """cos(clip(x_adv), clip(x)) + cos(facenet(x_adv), facenet(x)) for (1, S, S, 3) images in
     [0, 1], with the reference's preprocessing (whole image resized bilinearly to 224 / 160)."""
-    from encoders import clip_vit, facenet
+    from idguardian_jax.encoders import clip_vit, facenet
 
     def cos(a, b):
         a = a / jnp.linalg.norm(a, axis=-1, keepdims=True)

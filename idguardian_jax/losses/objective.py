@@ -16,7 +16,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 
-import encoders as encoder_registry
+from idguardian_jax import encoders as encoder_registry
 from idguardian_jax.attack import eot as eot_lib
 from idguardian_jax.attack import transfer as transfer_lib
 from idguardian_jax.faces import warp
