@@ -32,7 +32,7 @@ from PIL import Image
 from idguardian_jax import encoders as encoder_registry
 from idguardian_jax.configs import default as default_config
 from idguardian_jax import images, protect, settings
-from idguardian_jax.faces import analyze
+from idguardian_jax.faces import analyze, boxes
 from idguardian_jax.losses import identity
 
 FLAGS = flags.FLAGS
@@ -203,7 +203,8 @@ def main(argv):
                     img = res.protected if kind == "png" else _jpeg(res.protected)
                     if FLAGS.redetect:
                         again = analyze.find_faces(img, face_models, 1, with68=True)
-                        ma = protect.match_face(faces[i][0].box, again)
+                        j, = boxes.match([faces[i][0].box], [g.box for g in again])
+                        ma = None if j is None else again[j]
                     else:
                         ma = faces[i][0]
                     psnrs.append(res.psnr)

@@ -27,7 +27,7 @@ from idguardian_jax import encoders as encoder_registry
 from idguardian_jax import images, parallel, settings, views, writer
 from idguardian_jax.attack import engine
 from idguardian_jax.errors import UsageError
-from idguardian_jax.faces import align, analyze
+from idguardian_jax.faces import align, analyze, boxes
 from idguardian_jax.losses import identity
 from idguardian_jax.losses.targets import DiffusionTargets, Targets
 from idguardian_jax.models import Models
@@ -306,12 +306,13 @@ class Protector:
         near = [f.box for f in p.faces] if near_only else None
         again = self.find_faces(protected, near=near)
         analyze.describe(protected, again, m)
+        matched = boxes.match([f.box for f in p.faces], [g.box for g in again])
         reports = []
         for i, f in enumerate(p.faces):
             r = FaceReport(box=[int(v) for v in f.box], score=f.score)
             ref = dlib_clean[i].descriptor
             r.distance_before = float(np.linalg.norm(dlib_again_clean[i].descriptor - ref))
-            ma = match_face(f.box, again)
+            ma = None if matched[i] is None else again[matched[i]]
             r.found_again = ma is not None
             if ma is not None:
                 r.distance_after = float(np.linalg.norm(ma.descriptor - ref))
@@ -353,19 +354,6 @@ class Protector:
         for r in results:
             r.seconds = per
         return results
-
-
-def _iou(a, b) -> float:
-    l, t = max(a[0], b[0]), max(a[1], b[1])
-    r, bb = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0, r - l + 1) * max(0, bb - t + 1)
-    area = lambda x: (x[2] - x[0] + 1) * (x[3] - x[1] + 1)  # noqa: E731
-    return inter / float(area(a) + area(b) - inter)
-
-
-def match_face(box, faces, min_iou: float = 0.3):
-    best = max(faces, key=lambda f: _iou(box, f.box), default=None)
-    return best if best is not None and _iou(box, best.box) >= min_iou else None
 
 
 def protect(images_rgb: np.ndarray | Sequence[np.ndarray], config=None,

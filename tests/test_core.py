@@ -191,3 +191,15 @@ def test_balanced_direction_is_the_unit_gradient_with_one_encoder_and_a_twin(tin
                                    rtol=1e-4, atol=1e-7)
     finally:
         encoders._REGISTRY.pop(twin.name, None)
+
+
+def test_boxes_match_one_to_one_by_overlap():
+    from idguardian_jax.faces import boxes
+
+    assert boxes.iou((0, 0, 9, 9), (0, 0, 9, 9)) == 1.0
+    assert boxes.iou((0, 0, 9, 9), (20, 20, 29, 29)) == 0.0
+    assert abs(boxes.iou((0, 0, 9, 9), (5, 0, 14, 9)) - 50 / 150) < 1e-12
+    # two clean faces overlapping one found face: only the better one claims it
+    got = boxes.match([(0, 0, 9, 9), (3, 0, 12, 9)], [(3, 0, 12, 9), (40, 40, 49, 49)])
+    assert got == [None, 0]
+    assert boxes.match([(0, 0, 9, 9)], []) == [None]

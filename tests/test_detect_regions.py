@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from idguardian_jax.faces import analyze, detect as D, detect_regions as R, pyramid
+from idguardian_jax.faces import analyze, boxes, detect as D, detect_regions as R, pyramid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FACES_DIR = os.environ.get("IDGUARDIAN_FACES_DIR", os.path.join(HERE, "..", "..", "shared", "faces"))
@@ -81,8 +81,8 @@ def _load(name):
 def _check_faces(faces, ref_faces, name):
     assert len(faces) == len(ref_faces), f"{name}: {len(faces)} faces, dlib {len(ref_faces)}"
     for ref in ref_faces:
-        f = max(faces, key=lambda f: R.box_iou(f.box, ref["rect"]))
-        assert R.box_iou(f.box, ref["rect"]) >= MIN_IOU, (name, f.box, ref["rect"])
+        f = max(faces, key=lambda f: boxes.iou(f.box, ref["rect"]))
+        assert boxes.iou(f.box, ref["rect"]) >= MIN_IOU, (name, f.box, ref["rect"])
         assert np.abs(f.landmarks - np.asarray(ref["landmarks5"])).max() <= MAX_LANDMARK_PX, name
         d = np.linalg.norm(f.descriptor - np.asarray(ref["descriptor_from_image_and_shape"]))
         assert d <= MAX_DESCRIPTOR_DIST, (name, d)

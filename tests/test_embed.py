@@ -8,19 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from idguardian_jax.faces import analyze
+from idguardian_jax.faces import analyze, boxes
 
 
 @pytest.fixture(scope="module")
 def models():
     return analyze.FaceModels.load()
-
-
-def _iou(a, b):
-    l, t, r, bb = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0, r - l + 1) * max(0, bb - t + 1)
-    area = lambda x: (x[2] - x[0] + 1) * (x[3] - x[1] + 1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
 
 
 @pytest.mark.parametrize("name", ["obama.jpg", "two_people.jpg", "n000050_A_0408_01.png",
@@ -31,8 +24,8 @@ def test_whole_pipeline_matches_dlib_cnn_faces(models, faces_dir, dlib_reference
     ref = dlib_reference["images"][name]["cnn_faces"]
     assert len(faces) == len(ref)
     for r in ref:
-        f = max(faces, key=lambda f: _iou(f.box, r["rect"]))
-        assert _iou(f.box, r["rect"]) >= 0.9
+        f = max(faces, key=lambda f: boxes.iou(f.box, r["rect"]))
+        assert boxes.iou(f.box, r["rect"]) >= 0.9
         assert np.abs(f.landmarks - np.asarray(r["landmarks5"])).max() <= 1.5
         dist = np.linalg.norm(f.descriptor - np.asarray(r["descriptor_from_image_and_shape"]))
         assert dist <= 0.03, dist

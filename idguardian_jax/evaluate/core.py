@@ -34,7 +34,7 @@ from idguardian_jax import images, views
 from idguardian_jax.evaluate import inputs, metrics
 from idguardian_jax.evaluate import transforms as transforms_mod
 from idguardian_jax.evaluate.records import FaceEval, PhotoEval, Run, Variant
-from idguardian_jax.faces import align, analyze, detect, detect_regions
+from idguardian_jax.faces import align, analyze, boxes, detect, detect_regions
 
 MIN_IOU = 0.3
 NONE = "none"
@@ -221,7 +221,7 @@ class Evaluator:
             self._tick("transforms", t)
             mapped = [v.transform.map_box(f.box, img.shape) for f in faces]
             found = self.find_faces(img, near=mapped if self.near else None)
-            match = metrics.match_faces(mapped, [g.box for g in found], MIN_IOU)
+            match = boxes.match(mapped, [g.box for g in found], MIN_IOU)
             for i, j in enumerate(match):
                 box = None if j is None else [int(x) for x in found[j].box]
                 pe.faces[i].results[v.name] = {"found": j is not None, "box": box, "encoders": {}}

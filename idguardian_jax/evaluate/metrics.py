@@ -4,12 +4,11 @@ Photos are (H, W, 3) uint8 RGB of the same size. Embeddings are (N, E) float32.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from idguardian_jax.faces.boxes import iou, match as match_faces  # noqa: F401  (box metrics)
 from idguardian_jax.images import psnr  # noqa: F401  (metrics.psnr: PSNR in dB over the whole photo)
 
 
@@ -105,31 +104,3 @@ def distance(a: np.ndarray, b: np.ndarray, kind: str) -> float:
     if kind == "euclidean":
         return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
     return float(distances(np.asarray(a)[None], np.asarray(b)[None], kind)[0, 0])
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two inclusive (left, top, right, bottom) boxes."""
-    l, t = max(a[0], b[0]), max(a[1], b[1])
-    r, bb = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0, r - l + 1) * max(0, bb - t + 1)
-    area = lambda x: max(0, x[2] - x[0] + 1) * max(0, x[3] - x[1] + 1)  # noqa: E731
-    union = area(a) + area(b) - inter
-    return inter / float(union) if union > 0 else 0.0
-
-
-def match_faces(boxes: Sequence[Sequence[float]], found: Sequence[Sequence[float]],
-                min_iou: float = 0.3) -> list[int | None]:
-    """For each box, the index of the found box it matches (IoU >= min_iou), else None.
-
-    Greedy by decreasing IoU, one-to-one (two clean faces never claim the same found face)."""
-    pairs = sorted(((iou(b, f), i, j) for i, b in enumerate(boxes) for j, f in enumerate(found)),
-                   reverse=True)
-    out: list[int | None] = [None] * len(boxes)
-    used = set()
-    for v, i, j in pairs:
-        if v < min_iou:
-            break
-        if out[i] is None and j not in used:
-            out[i] = j
-            used.add(j)
-    return out

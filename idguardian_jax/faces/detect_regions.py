@@ -48,9 +48,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from idguardian_jax.faces import detect as D, pyramid
+from idguardian_jax.faces import boxes as boxes_lib, detect as D, pyramid
 
-__all__ = ["PyramidGeometry", "refine", "detect_faces_bounded", "bounded_candidates", "box_iou"]
+__all__ = ["PyramidGeometry", "refine", "detect_faces_bounded", "bounded_candidates"]
 
 # Output positions per tile side. A 16x16 tile covers window centres within +-64 canvas pixels of the
 # predicted centre (a face is ~80 px wide at its level); measured on the shared photos: see
@@ -277,14 +277,6 @@ def _region_scores(image: np.ndarray, geo: PyramidGeometry, origins: Sequence[tu
 # ------------------------------------------------------------------------------------------
 # Refinement and bounded detection
 # ------------------------------------------------------------------------------------------
-def box_iou(a, b) -> float:
-    """IoU of two inclusive (left, top, right, bottom) rectangles."""
-    l, t, r, bb = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0, r - l + 1) * max(0, bb - t + 1)
-    area = lambda x: (x[2] - x[0] + 1) * (x[3] - x[1] + 1)  # noqa: E731
-    return inter / float(area(a) + area(b) - inter)
-
-
 def refine(image: np.ndarray, detector: D.MMODDetector, boxes: Sequence[tuple[int, int, int, int]],
            upsample_num_times: int = 1, adjust_threshold: float = 0.0, tile: int = TILE,
            levels_around: int = LEVELS_AROUND, min_iou: float = 0.3) -> list[D.Detection]:
@@ -320,8 +312,8 @@ def refine(image: np.ndarray, detector: D.MMODDetector, boxes: Sequence[tuple[in
     used = set()
     for b in boxes:
         best = max((i for i in range(len(dets)) if i not in used),
-                   key=lambda i: box_iou(b, dets[i].rect), default=None)
-        if best is not None and box_iou(b, dets[best].rect) >= min_iou:
+                   key=lambda i: boxes_lib.iou(b, dets[i].rect), default=None)
+        if best is not None and boxes_lib.iou(b, dets[best].rect) >= min_iou:
             used.add(best)
     return [dets[i] for i in sorted(used)]
 
