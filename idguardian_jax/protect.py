@@ -24,10 +24,10 @@ import jax
 import numpy as np
 
 from idguardian_jax import encoders as encoder_registry
-from idguardian_jax import images, parallel, settings, views, writer
+from idguardian_jax import images, measure, parallel, settings, views, writer
 from idguardian_jax.attack import engine
 from idguardian_jax.errors import UsageError
-from idguardian_jax.faces import align, analyze, boxes
+from idguardian_jax.faces import align, analyze
 from idguardian_jax.losses import identity
 from idguardian_jax.losses.targets import DiffusionTargets, Targets
 from idguardian_jax.models import Models
@@ -111,8 +111,13 @@ class Protector:
                 continue
             enc = encoder_registry.get(name)
             chips = np.stack([align.extract_chip(rgb, p, views.rounding_for(enc)) for p in plans])
-            out[name] = np.asarray(enc.apply(self.models.params[name], chips.astype(np.float32) / 255))
+            out[name] = self.embed_chips(name, chips)
         return out
+
+    def embed_chips(self, name: str, chips: np.ndarray) -> np.ndarray:
+        """(N, E) embeddings by encoder `name` of (N, S, S, 3) uint8 chips."""
+        enc = encoder_registry.get(name)
+        return np.asarray(enc.apply(self.models.params[name], chips.astype(np.float32) / 255))
 
     def _diffusion_conditioning(self, rgb, chip_plans, plan) -> DiffusionTargets:
         """Per face, computed once per photo: for the deflection, the clean latents (F, 4, h, w)
@@ -303,10 +308,9 @@ class Protector:
         # The clean faces found again: only dlib's detections near them (equal to the full
         # re-detection's there, detect_regions.refine), unless detect.measure is 'full'.
         near_only = self.config.detect.get("measure", "near") == "near"
-        near = [f.box for f in p.faces] if near_only else None
-        again = self.find_faces(protected, near=near)
+        again, matched = measure.found_again(protected, [f.box for f in p.faces], self.find_faces,
+                                             near=near_only)
         analyze.describe(protected, again, m)
-        matched = boxes.match([f.box for f in p.faces], [g.box for g in again])
         reports = []
         for i, f in enumerate(p.faces):
             r = FaceReport(box=[int(v) for v in f.box], score=f.score)
@@ -326,8 +330,7 @@ class Protector:
                 if in_loop is not None and name in in_loop:
                     entry["in_loop"] = float(in_loop[name][slot])
                 if ma is not None:
-                    plan = analyze.chip_plan_for(enc, ma, protected.shape)
-                    emb = self.embeddings(protected, {name: [plan]})[name][0]
+                    emb = self.embed_chips(name, measure.chip(enc, protected, ma)[None])[0]
                     d = np.asarray(identity.embedding_distance(emb[None], p.clean[name][slot][None],
                                                                enc.distance))[0]
                     entry["after"] = float(d)

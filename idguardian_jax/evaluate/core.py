@@ -30,13 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from idguardian_jax import encoders as encoder_registry
-from idguardian_jax import images, views
+from idguardian_jax import images, measure
 from idguardian_jax.evaluate import inputs, metrics
 from idguardian_jax.evaluate import transforms as transforms_mod
 from idguardian_jax.evaluate.records import FaceEval, PhotoEval, Run, Variant
-from idguardian_jax.faces import align, analyze, boxes, detect, detect_regions
+from idguardian_jax.faces import analyze, detect, detect_regions
 
-MIN_IOU = 0.3
+MIN_IOU = measure.MIN_IOU
 NONE = "none"
 
 
@@ -151,9 +151,7 @@ class Evaluator:
 
     def chip(self, name: str, rgb: np.ndarray, face: analyze.Face) -> np.ndarray:
         """The (S, S, 3) uint8 chip encoder `name` reads from this face of `rgb`."""
-        enc = encoder_registry.get(name)
-        return align.extract_chip(rgb, analyze.chip_plan_for(enc, face, rgb.shape),
-                                  views.rounding_for(enc))
+        return measure.chip(encoder_registry.get(name), rgb, face)
 
     def embed(self, name: str, chips: np.ndarray) -> np.ndarray:
         """(N, E) float32 embeddings of (N, S, S, 3) uint8 chips (batches padded to powers of 2)."""
@@ -220,8 +218,7 @@ class Evaluator:
             img = v.transform(protected if v.source == "protected" else clean)
             self._tick("transforms", t)
             mapped = [v.transform.map_box(f.box, img.shape) for f in faces]
-            found = self.find_faces(img, near=mapped if self.near else None)
-            match = boxes.match(mapped, [g.box for g in found], MIN_IOU)
+            found, match = measure.found_again(img, mapped, self.find_faces, self.near, MIN_IOU)
             for i, j in enumerate(match):
                 box = None if j is None else [int(x) for x in found[j].box]
                 pe.faces[i].results[v.name] = {"found": j is not None, "box": box, "encoders": {}}
