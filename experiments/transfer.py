@@ -91,6 +91,10 @@ VARIANTS: dict[str, dict] = {
     "plain": {"objective.transfer.diversity_prob": 0.0, "objective.transfer.ti_kernel": 0},
     "plain_nomask": {"objective.transfer.diversity_prob": 0.0, "objective.transfer.ti_kernel": 0,
                      "objective.face_mask_margin": -1.0},
+    "mf_solo_nomask": {"objective.installed_encoders": "none", "objective.encoders": (("mobileface", 1.0),),
+                       "objective.face_mask_margin": -1.0},
+    "mask_exempt_mf": {"objective.face_mask_exempt": ("mobileface",)},
+    "mask_exempt_mf_fr": {"objective.face_mask_exempt": ("mobileface", "faceres", "faceres_deep")},
     "mf_solo": {"objective.installed_encoders": "none", "objective.encoders": (("mobileface", 1.0),)},
     "thr_s200": {"objective.transfer.balance": "threshold", "attack.steps": 200,
                  "attack.step_size": 0.5 / 255},
@@ -105,7 +109,7 @@ def _set(cfg, key: str, value):
     parts = key.split(".")
     for p in parts[:-1]:
         node = node[p]
-    old = node[parts[-1]]
+    old = node.get(parts[-1])  # a field the base config does not have is added
     if isinstance(old, bool):
         value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
     elif isinstance(old, int) and not isinstance(value, (tuple, list)):

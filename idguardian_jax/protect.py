@@ -181,9 +181,13 @@ class Protector:
         plan = views.plan_photo(rgb.shape[:2], chip_plans)
         margin = self.config.objective.get("face_mask_margin", -1.0)
         if margin is not None and margin >= 0 and all(f.landmarks68 is not None for f in faces):
-            # perturb only the faces themselves (objective.face_mask_margin)
-            plan.support = plan.support * views.face_mask(
-                plan.region, [f.landmarks68 for f in faces], float(margin))
+            # perturb only the faces themselves (objective.face_mask_margin), except where an
+            # exempt encoder's crop reads (objective.face_mask_exempt: its gradient only)
+            mask = views.face_mask(plan.region, [f.landmarks68 for f in faces], float(margin))
+            if self.cfg.objective.mask_exempt:
+                plan.views = dataclasses.replace(plan.views, mask=mask)
+            else:
+                plan.support = plan.support * mask
         clean = self.embeddings(rgb, chip_plans)
         # per-slot order of the plan (faces are grouped by view shape)
         clean = {n: e[plan.slot_faces[n]] for n, e in clean.items()}
@@ -260,8 +264,9 @@ class Protector:
                 clean[name] = np.zeros((f, self.embed_dims()[name]), np.float32)
         decoy = {n: c.copy() for n, c in clean.items()} if self.decoy is not None else {}
         diffusion = self._dummy_conditioning(groups) if self.models.diffusion is not None else None
+        mask = np.zeros((h, w), np.float32) if self.cfg.objective.mask_exempt else None
         return (np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32), np.float32(1e15),
-                views.PhotoViews(per_encoder, np.zeros((2,), np.int32)),
+                views.PhotoViews(per_encoder, np.zeros((2,), np.int32), mask),
                 Targets(clean, decoy, diffusion), np.zeros((2,), np.uint32))
 
     def l2_radius(self, shape) -> float:

@@ -120,6 +120,12 @@ def checkpoints(v) -> str | None:
 
 # Every field of configs/default.py. The meanings are the help text of --help; the defaults and
 # the measurements behind them are in configs/default.py and docs/DEFAULTS.md.
+def encoder_names(v) -> str | None:
+    if not isinstance(v, (tuple, list)) or not all(isinstance(n, str) for n in v):
+        return "must be a list of encoder names"
+    return None
+
+
 def _odd_or_zero(v) -> str | None:
     if not _is_int(v) or v < 0 or (v and v % 2 == 0):
         return "must be 0 or an odd integer >= 1"
@@ -179,6 +185,9 @@ FIELDS: dict[str, Field] = {
                                         "augmentation; 0: off)", number(0, 1, hi_open=True)),
     "objective.face_mask_margin": Field("perturb only inside each face's landmark hull grown by "
                                         "this margin (-1: the views' crop boxes)", number(-1)),
+    "objective.face_mask_exempt": Field("encoders whose gradient may use their whole crop when "
+                                        "the face mask is on (the others stay inside it)",
+                                        encoder_names),
     "objective.decoy_photo": Field("pull toward this photo's face instead of away ('' off)", text),
     "objective.cap": Field("stop pushing past this distance (0: no cap)", number(0)),
     "objective.quantize": Field("the loop sees the 8-bit photo that will be written", boolean),
@@ -313,6 +322,7 @@ def engine_config(config) -> engine.EngineConfig:
             baseline=_baseline_config(config),
             jitter=objective.Jitter(float(j.shift_px), float(j.rotation), float(j.scale)),
             transfer=_transfer_config(o),
+            mask_exempt=tuple(str(n) for n in o.get("face_mask_exempt", ())),
             eot=eot.EoTConfig(p_identity=float(e.p_identity) if e is not None else 0.0,
                               jpeg_quality=rng("jpeg_quality"), resize_scale=rng("resize_scale"),
                               blur_sigma=rng("blur_sigma"), noise_std=rng("noise_std"))),

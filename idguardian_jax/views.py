@@ -62,6 +62,9 @@ class PhotoViews:
 
     encoders: dict[str, FaceViews]
     offset: Any
+    # (H, W) float32 face mask for encoders not exempt from it (objective.face_mask_exempt), or
+    # None: their gradients are kept inside it while the exempt ones use their whole crop
+    mask: Any = None
 
 
 @dataclasses.dataclass

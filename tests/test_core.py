@@ -203,3 +203,39 @@ def test_boxes_match_one_to_one_by_overlap():
     got = boxes.match([(0, 0, 9, 9), (3, 0, 12, 9)], [(3, 0, 12, 9), (40, 40, 49, 49)])
     assert got == [None, 0]
     assert boxes.match([(0, 0, 9, 9)], []) == [None]
+
+
+def test_face_mask_exempt_encoders_alone_use_the_pixels_outside_the_mask(tiny):
+    """objective.mask_exempt: a masked encoder's gradient stays inside views.mask; an exempt
+    one's reaches its whole crop (balanced direction)."""
+    enc, params = tiny
+    twin = dataclasses.replace(enc, name=NAME + "_twin")
+    encoders.register(twin)
+    try:
+        template = align.insightface_template(CHIP)
+        plans = [align.template_chip_plan(p, template, CHIP, SHAPE) for p in FACES]
+        plan = views.plan_photo(SHAPE, {NAME: plans, twin.name: plans})
+        mask = np.zeros(plan.support.shape, np.float32)
+        mask[:, ::2] = 1.0  # every other column of the region
+        pv = dataclasses.replace(plan.views, mask=mask)
+        cfg = engine.EngineConfig(objective=objective.ObjectiveConfig(
+            encoders=((NAME, 1.0), (twin.name, 1.0)), mask_exempt=(twin.name,),
+            transfer=objective.transfer_lib.TransferConfig(balance="gradient", balance_norm="l2")))
+        x = jnp.asarray(views.crop_region(_photo(14), plan.region).astype(np.float32) / 255)
+        s = Surrogates({NAME: params, twin.name: params})
+        clean = objective.photo_embeddings(x, pv, plan.groups, s, None, cfg.objective,
+                                           objective.Jitter())
+        t = Targets({n: np.asarray(e) for n, e in clean.items()})
+        delta = jnp.asarray(np.random.default_rng(15).uniform(-2 / 255, 2 / 255, x.shape),
+                            jnp.float32)
+        _, g = engine.value_and_direction(s, x, pv, t, plan.groups, cfg)(delta, jax.random.key(1))
+        one = jax.grad(lambda d: objective.encoder_loss(
+            twin.name, d, x, pv, t, s, jax.random.key(1), groups=plan.groups,
+            cfg=cfg.objective))(delta)
+        out = np.asarray(mask == 0)
+        g, one = np.asarray(g), np.asarray(one) / float(jnp.linalg.norm(one))
+        assert np.abs(one[out]).max() > 0  # the views read the columns the mask leaves out
+        np.testing.assert_allclose(g[out], one[out], rtol=1e-4, atol=1e-8)  # the twin alone
+        assert np.abs(g[~out] - one[~out]).max() > 1e-6  # inside, both encoders
+    finally:
+        encoders._REGISTRY.pop(twin.name, None)

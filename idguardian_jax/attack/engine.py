@@ -80,6 +80,8 @@ def _identity_direction(surrogates: Surrogates, x, views: PhotoViews, targets: T
         for name, weight in names:
             f = functools.partial(objective.encoder_loss, name, key=key, **common)
             l, gi = jax.value_and_grad(f)(delta)
+            if views.mask is not None and name not in ocfg.mask_exempt:
+                gi = gi * views.mask[..., None]  # objective.face_mask_exempt: others stay inside
             w = weight
             if ocfg.transfer.balance == "threshold" and ocfg.objective == "away":
                 w = weight * transfer.threshold_weight(-l, encoder_registry.get(name).threshold,

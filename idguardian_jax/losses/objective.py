@@ -71,6 +71,9 @@ class ObjectiveConfig:
     eot: eot_lib.EoTConfig = eot_lib.EoTConfig()
     baseline: BaselineTerm | None = None
     transfer: transfer_lib.TransferConfig = transfer_lib.TransferConfig()
+    # encoders whose gradient may use their whole crop when the face mask is on (the others stay
+    # inside it); needs a balanced direction (transfer.balance 'gradient' or 'threshold')
+    mask_exempt: tuple[str, ...] = ()
 
 
 def photo_views(x255: jax.Array, fv: FaceViews, groups: tuple[ViewGroup, ...], key: jax.Array | None,
