@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from idguardian_jax.checkpoints.tensors import CheckpointError, bilinear_resize, read_safetensors
+from idguardian_jax.checkpoints.tensors import (CheckpointError, bilinear_resize, read_json_config,
+                                                read_safetensors)
 from idguardian_jax.encoders.base import Encoder
 
 NAME = "clip_vit"
@@ -274,13 +275,7 @@ def _files(path: str) -> tuple[str, list[str]]:
 
 
 def _read_config(config_path: str) -> CLIPVisionConfig:
-    try:
-        with open(config_path) as fh:
-            d = json.load(fh)
-    except ValueError as e:
-        raise CheckpointError(f"{config_path}: not JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{config_path}: not a model config (a JSON {type(d).__name__})")
+    d = read_json_config(config_path)
     try:
         return CLIPVisionConfig.from_dict(d, config_path)
     except (TypeError, ValueError) as e:

@@ -162,35 +162,47 @@ def test_one_compile_per_signature(tiny, monkeypatch):
     engine._compiled.cache_clear()
 
 
-def test_balanced_direction_is_the_unit_gradient_with_one_encoder_and_a_twin(tiny):
+@pytest.fixture
+def twin(tiny):
+    """The tiny encoder registered a second time under another name, and a plan of both views."""
+    enc, _ = tiny
+    other = dataclasses.replace(enc, name=NAME + "_twin")
+    encoders.register(other)
+    template = align.insightface_template(CHIP)
+    plans = [align.template_chip_plan(p, template, CHIP, SHAPE) for p in FACES]
+    yield other.name, views.plan_photo(SHAPE, {NAME: plans, other.name: plans})
+    encoders._REGISTRY.pop(other.name, None)
+
+
+def _two_encoder_run(params, twin_name, plan, photo_views, seed, **objective_kw):
+    """(cfg, x, surrogates, targets, delta, balanced direction g at delta) for both encoders."""
+    cfg = engine.EngineConfig(objective=objective.ObjectiveConfig(
+        encoders=((NAME, 1.0), (twin_name, 1.0)),
+        transfer=objective.transfer_lib.TransferConfig(balance="gradient", balance_norm="l2"),
+        **objective_kw))
+    x = jnp.asarray(views.crop_region(_photo(seed), plan.region).astype(np.float32) / 255)
+    s = Surrogates({NAME: params, twin_name: params})
+    clean = objective.photo_embeddings(x, photo_views, plan.groups, s, None, cfg.objective,
+                                       objective.Jitter())
+    t = Targets({n: np.asarray(e) for n, e in clean.items()})
+    delta = jnp.asarray(np.random.default_rng(seed + 1).uniform(-2 / 255, 2 / 255, x.shape),
+                        jnp.float32)
+    _, g = engine.value_and_direction(s, x, photo_views, t, plan.groups, cfg)(delta,
+                                                                             jax.random.key(0))
+    return cfg, x, s, t, delta, g
+
+
+def test_balanced_direction_is_the_unit_gradient_with_one_encoder_and_a_twin(tiny, twin):
     """With two encoders (the tiny one twice, under two names), balance 'gradient' gives the
     sum of the two unit gradients: 2 x the unit gradient of one."""
-    enc, params = tiny
-    twin = dataclasses.replace(enc, name=NAME + "_twin")
-    encoders.register(twin)
-    try:
-        template = align.insightface_template(CHIP)
-        plans = [align.template_chip_plan(p, template, CHIP, SHAPE) for p in FACES]
-        plan = views.plan_photo(SHAPE, {NAME: plans, twin.name: plans})
-        cfg = engine.EngineConfig(objective=objective.ObjectiveConfig(
-            encoders=((NAME, 1.0), (twin.name, 1.0)),
-            transfer=objective.transfer_lib.TransferConfig(balance="gradient", balance_norm="l2")))
-        x = views.crop_region(_photo(12), plan.region).astype(np.float32) / 255
-        s = Surrogates({NAME: params, twin.name: params})
-        clean = objective.photo_embeddings(jnp.asarray(x), plan.views, plan.groups, s, None,
-                                           cfg.objective, objective.Jitter())
-        t = Targets({n: np.asarray(e) for n, e in clean.items()})
-        vd = engine.value_and_direction(s, jnp.asarray(x), plan.views, t, plan.groups, cfg)
-        delta = jnp.asarray(np.random.default_rng(13).uniform(-2 / 255, 2 / 255, x.shape),
-                            jnp.float32)
-        _, g = vd(delta, jax.random.key(0))
-        one = jax.grad(lambda d: objective.encoder_loss(
-            NAME, d, jnp.asarray(x), plan.views, t, s, jax.random.key(0), groups=plan.groups,
-            cfg=cfg.objective))(delta)
-        np.testing.assert_allclose(np.asarray(g), 2 * np.asarray(one) / float(jnp.linalg.norm(one)),
-                                   rtol=1e-4, atol=1e-7)
-    finally:
-        encoders._REGISTRY.pop(twin.name, None)
+    _, params = tiny
+    twin_name, plan = twin
+    cfg, x, s_, t, delta, g = _two_encoder_run(params, twin_name, plan, plan.views, 12)
+    one = jax.grad(lambda d: objective.encoder_loss(
+        NAME, d, x, plan.views, t, s_, jax.random.key(0), groups=plan.groups,
+        cfg=cfg.objective))(delta)
+    np.testing.assert_allclose(np.asarray(g), 2 * np.asarray(one) / float(jnp.linalg.norm(one)),
+                               rtol=1e-4, atol=1e-7)
 
 
 def test_boxes_match_one_to_one_by_overlap():
@@ -205,37 +217,21 @@ def test_boxes_match_one_to_one_by_overlap():
     assert boxes.match([(0, 0, 9, 9)], []) == [None]
 
 
-def test_face_mask_exempt_encoders_alone_use_the_pixels_outside_the_mask(tiny):
+def test_face_mask_exempt_encoders_alone_use_the_pixels_outside_the_mask(tiny, twin):
     """objective.mask_exempt: a masked encoder's gradient stays inside views.mask; an exempt
     one's reaches its whole crop (balanced direction)."""
-    enc, params = tiny
-    twin = dataclasses.replace(enc, name=NAME + "_twin")
-    encoders.register(twin)
-    try:
-        template = align.insightface_template(CHIP)
-        plans = [align.template_chip_plan(p, template, CHIP, SHAPE) for p in FACES]
-        plan = views.plan_photo(SHAPE, {NAME: plans, twin.name: plans})
-        mask = np.zeros(plan.support.shape, np.float32)
-        mask[:, ::2] = 1.0  # every other column of the region
-        pv = dataclasses.replace(plan.views, mask=mask)
-        cfg = engine.EngineConfig(objective=objective.ObjectiveConfig(
-            encoders=((NAME, 1.0), (twin.name, 1.0)), mask_exempt=(twin.name,),
-            transfer=objective.transfer_lib.TransferConfig(balance="gradient", balance_norm="l2")))
-        x = jnp.asarray(views.crop_region(_photo(14), plan.region).astype(np.float32) / 255)
-        s = Surrogates({NAME: params, twin.name: params})
-        clean = objective.photo_embeddings(x, pv, plan.groups, s, None, cfg.objective,
-                                           objective.Jitter())
-        t = Targets({n: np.asarray(e) for n, e in clean.items()})
-        delta = jnp.asarray(np.random.default_rng(15).uniform(-2 / 255, 2 / 255, x.shape),
-                            jnp.float32)
-        _, g = engine.value_and_direction(s, x, pv, t, plan.groups, cfg)(delta, jax.random.key(1))
-        one = jax.grad(lambda d: objective.encoder_loss(
-            twin.name, d, x, pv, t, s, jax.random.key(1), groups=plan.groups,
-            cfg=cfg.objective))(delta)
-        out = np.asarray(mask == 0)
-        g, one = np.asarray(g), np.asarray(one) / float(jnp.linalg.norm(one))
-        assert np.abs(one[out]).max() > 0  # the views read the columns the mask leaves out
-        np.testing.assert_allclose(g[out], one[out], rtol=1e-4, atol=1e-8)  # the twin alone
-        assert np.abs(g[~out] - one[~out]).max() > 1e-6  # inside, both encoders
-    finally:
-        encoders._REGISTRY.pop(twin.name, None)
+    _, params = tiny
+    twin_name, plan = twin
+    mask = np.zeros(plan.support.shape, np.float32)
+    mask[:, ::2] = 1.0  # every other column of the region
+    pv = dataclasses.replace(plan.views, mask=mask)
+    cfg, x, s_, t, delta, g = _two_encoder_run(params, twin_name, plan, pv, 14,
+                                               mask_exempt=(twin_name,))
+    one = jax.grad(lambda d: objective.encoder_loss(
+        twin_name, d, x, pv, t, s_, jax.random.key(0), groups=plan.groups,
+        cfg=cfg.objective))(delta)
+    out = np.asarray(mask == 0)
+    g, one = np.asarray(g), np.asarray(one) / float(jnp.linalg.norm(one))
+    assert np.abs(one[out]).max() > 0  # the views read the columns the mask leaves out
+    np.testing.assert_allclose(g[out], one[out], rtol=1e-4, atol=1e-8)  # the twin alone
+    assert np.abs(g[~out] - one[~out]).max() > 1e-6  # inside, both encoders

@@ -112,7 +112,7 @@ def value_and_direction(surrogates: Surrogates, x: jax.Array, views: PhotoViews,
     name = "clip_vit"
 
     def clip_views(x01):
-        x255 = warp_quantize(x01, cfg.objective.quantize)
+        x255 = objective.region_255(x01, views.offset, None, cfg.objective, None)
         return objective.photo_views(x255, views.encoders[name], groups[name], None,
                                      objective.Jitter(), "round")
 
@@ -126,12 +126,6 @@ def value_and_direction(surrogates: Surrogates, x: jax.Array, views: PhotoViews,
         return loss, deflection.combine(g_id, s_pix, cfg.deflection.weight)
 
     return direction
-
-
-def warp_quantize(x01, quantize: bool):
-    from idguardian_jax.faces import warp
-
-    return warp.quantize_uint8_st(x01) if quantize else jnp.clip(x01, 0, 1) * 255.0
 
 
 def _distances(surrogates, delta, x, views, targets, groups, cfg: EngineConfig):

@@ -8,6 +8,7 @@ is one line: the file, then what is wrong.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -25,6 +26,19 @@ class CheckpointError(ValueError):
 def _first_line(e: BaseException) -> str:
     s = str(e).strip().splitlines()
     return f"{type(e).__name__}: {s[0] if s else ''}".rstrip(": ")
+
+
+def read_json_config(path: str, what: str = "a model config") -> dict:
+    """A JSON object from a config file (config.json, scheduler_config.json, an .index.json);
+    CheckpointError naming the file when it is not JSON or not an object."""
+    try:
+        with open(path) as fh:
+            d = json.load(fh)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: not {what} (a JSON {type(d).__name__})")
+    return d
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:

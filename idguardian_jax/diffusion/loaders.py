@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from idguardian_jax.checkpoints.tensors import CheckpointError, _first_line, write_safetensors
+from idguardian_jax.checkpoints.tensors import (CheckpointError, _first_line, read_json_config,
+                                                write_safetensors)
 from idguardian_jax.diffusion import ip_adapter as ipa
 from idguardian_jax.diffusion import state_dicts
 from idguardian_jax.diffusion import schedule as schedule_lib
@@ -46,7 +47,7 @@ def check_unet_folder(path: str | os.PathLike) -> unet_lib.UNetConfig:
     safetensors headers, without reading weights. Returns the config."""
     folder = state_dicts.component_folder(path, "unet")
     cfg_path = os.path.join(folder, "config.json")
-    cfg = unet_lib.UNetConfig.from_dict(state_dicts.read_json(cfg_path), cfg_path)
+    cfg = unet_lib.UNetConfig.from_dict(read_json_config(cfg_path), cfg_path)
     files = state_dicts.weight_files(folder)
     state_dicts.check_layout(state_dicts.header_shapes(files),
                              unet_lib.expected_shapes(cfg)["params"],
@@ -61,7 +62,7 @@ def load_unet(path: str | os.PathLike, dtype=jnp.float32) -> unet_lib.UNetParams
     """UNet2DConditionModel of a diffusers folder (the pipeline root or its unet/)."""
     folder = state_dicts.component_folder(path, "unet")
     cfg_path = os.path.join(folder, "config.json")
-    cfg = unet_lib.UNetConfig.from_dict(state_dicts.read_json(cfg_path), cfg_path)
+    cfg = unet_lib.UNetConfig.from_dict(read_json_config(cfg_path), cfg_path)
     files = state_dicts.weight_files(folder)
     where = files[0] if len(files) == 1 else folder
     what = f"the UNet of {cfg_path}"
@@ -85,7 +86,7 @@ def load_vae(path: str | os.PathLike, dtype=jnp.float32) -> vae_lib.VAEParams:
     """The encoder half of an AutoencoderKL of a diffusers folder (root or its vae/)."""
     folder = state_dicts.component_folder(path, "vae")
     cfg_path = os.path.join(folder, "config.json")
-    cfg = vae_lib.VAEConfig.from_dict(state_dicts.read_json(cfg_path), cfg_path)
+    cfg = vae_lib.VAEConfig.from_dict(read_json_config(cfg_path), cfg_path)
     files = state_dicts.weight_files(folder)
     where = files[0] if len(files) == 1 else folder
     tree = state_dicts.assemble(files, vae_lib.expected_shapes(cfg)["params"], where,

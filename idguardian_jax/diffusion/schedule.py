@@ -10,7 +10,6 @@ squaredcos_cap_v2, trained betas).
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping
 
@@ -19,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from idguardian_jax.checkpoints.tensors import CheckpointError
+from idguardian_jax.checkpoints.tensors import CheckpointError, read_json_config
 from idguardian_jax.diffusion import adapter
 
 SD_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
@@ -67,14 +66,7 @@ def load(folder: str | os.PathLike) -> Schedule:
             path = os.path.join(folder, "scheduler_config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{folder}: no scheduler/scheduler_config.json")
-    try:
-        with open(path) as fh:
-            d = json.load(fh)
-    except ValueError as e:
-        raise CheckpointError(f"{path}: not JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: not a scheduler config")
-    return from_config(d)
+    return from_config(read_json_config(path, "a scheduler config"))
 
 
 def _bcast(v: jax.Array, x: jax.Array) -> jax.Array:

@@ -9,7 +9,6 @@ CheckpointError (one line: the file, then what is wrong).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -17,20 +16,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import jax
 import numpy as np
 
-from idguardian_jax.checkpoints.tensors import CheckpointError, _first_line
+from idguardian_jax.checkpoints.tensors import CheckpointError, _first_line, read_json_config
 
 WEIGHT_STEM = "diffusion_pytorch_model"
-
-
-def read_json(path: str) -> dict:
-    try:
-        with open(path) as fh:
-            d = json.load(fh)
-    except ValueError as e:
-        raise CheckpointError(f"{path}: not JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: not a model config (a JSON {type(d).__name__})")
-    return d
 
 
 def component_folder(path: str | os.PathLike, name: str) -> str:
@@ -56,7 +44,7 @@ def weight_files(folder: str, stem: str = WEIGHT_STEM) -> list[str]:
             return [single]
         index = os.path.join(folder, f"{stem}{variant}.safetensors.index.json")
         if os.path.isfile(index):
-            d = read_json(index)
+            d = read_json_config(index)
             try:
                 shards = sorted(set(d["weight_map"].values()))
             except (KeyError, AttributeError, TypeError):
