@@ -309,6 +309,10 @@ def engine_config(config) -> engine.EngineConfig:
         v = e.get(name) if e is not None else None
         return None if not v else (float(v[0]), float(v[1]))
 
+    tc = _transfer_config(o)
+    if o.get("face_mask_exempt", ()) and not tc.balanced:
+        raise UsageError("--config.objective.face_mask_exempt needs each encoder's own gradient: "
+                         "set --config.objective.transfer.balance to 'gradient' or 'threshold'")
     return engine.EngineConfig(
         pgd=pgd.PGDConfig(eps=float(config.budget), steps=int(a.steps), step_size=float(a.step_size),
                           optimizer=a.optimizer, schedule=a.schedule,
@@ -321,7 +325,7 @@ def engine_config(config) -> engine.EngineConfig:
             quantize=bool(o.quantize),
             baseline=_baseline_config(config),
             jitter=objective.Jitter(float(j.shift_px), float(j.rotation), float(j.scale)),
-            transfer=_transfer_config(o),
+            transfer=tc,
             mask_exempt=tuple(str(n) for n in o.get("face_mask_exempt", ())),
             eot=eot.EoTConfig(p_identity=float(e.p_identity) if e is not None else 0.0,
                               jpeg_quality=rng("jpeg_quality"), resize_scale=rng("resize_scale"),

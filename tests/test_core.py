@@ -235,3 +235,29 @@ def test_face_mask_exempt_encoders_alone_use_the_pixels_outside_the_mask(tiny, t
     assert np.abs(one[out]).max() > 0  # the views read the columns the mask leaves out
     np.testing.assert_allclose(g[out], one[out], rtol=1e-4, atol=1e-8)  # the twin alone
     assert np.abs(g[~out] - one[~out]).max() > 1e-6  # inside, both encoders
+
+
+def test_face_mask_exempt_needs_a_balanced_direction():
+    from idguardian_jax import settings
+    from idguardian_jax.errors import UsageError
+
+    cfg = settings.default_config()
+    cfg.objective.face_mask_exempt = ("mobileface",)
+    assert settings.engine_config(cfg).objective.mask_exempt == ("mobileface",)
+    cfg.objective.transfer.balance = "loss"
+    with pytest.raises(UsageError, match="face_mask_exempt"):
+        settings.engine_config(cfg)
+
+
+def test_a_single_masked_encoder_keeps_its_gradient_inside_the_mask(tiny):
+    _, params = tiny
+    plan, cfg = _plan(), _cfg()
+    x, _, _, v, t, _, s = _inputs(_photo(16), plan, params, cfg)
+    mask = np.zeros(plan.support.shape, np.float32)
+    mask[:, ::2] = 1.0
+    pv = dataclasses.replace(v, mask=mask)
+    delta = jnp.asarray(np.random.default_rng(17).uniform(-2 / 255, 2 / 255, x.shape), jnp.float32)
+    _, g = engine.value_and_direction(s, jnp.asarray(x), pv, t, plan.groups, cfg)(
+        delta, jax.random.key(0))
+    g = np.abs(np.asarray(g)).sum(-1)
+    assert g[mask > 0].max() > 0 and g[mask == 0].max() == 0.0

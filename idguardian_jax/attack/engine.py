@@ -71,7 +71,15 @@ def _identity_direction(surrogates: Surrogates, x, views: PhotoViews, targets: T
     ocfg = cfg.objective
     names = [(n, w) for n, w in ocfg.encoders if n in surrogates.encoders and w != 0.0]
     if not ocfg.transfer.balanced or len(names) + (ocfg.baseline is not None) < 2:
-        return pgd.descent(_loss_fn(surrogates, x, views, targets, groups, cfg))
+        plain = pgd.descent(_loss_fn(surrogates, x, views, targets, groups, cfg))
+        if views.mask is None or all(n in ocfg.mask_exempt for n, _ in names):
+            return plain
+
+        def masked(delta, key):  # one gradient for all: the face mask holds unless all are exempt
+            loss, g = plain(delta, key)
+            return loss, g * views.mask[..., None]
+
+        return masked
     common = dict(x01=x, views=views, targets=targets, surrogates=surrogates, groups=groups,
                   cfg=ocfg)
 
