@@ -13,14 +13,19 @@
   level above (faces.detect_regions).
 
 Every function here reproduces dlib's arithmetic exactly (the order and precision of each float32
-and float64 step); tests/test_detect.py compares the results with dlib's own.
+and float64 step); tests/test_detect.py compares the results with dlib's own, tests/test_pyramid.py
+the XLA blocks of the vector loop with a numpy statement of it, bit for bit.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 # Smallest pyramid level height (impl::compute_tiled_image_pyramid_details, min_height).
 MIN_LEVEL_HEIGHT = 5
@@ -84,72 +89,112 @@ class Cols:
         self.n_simd = n_simd
 
 
-def simd_block(st: np.ndarray, sb: np.ndarray, tbd: np.ndarray, cols: Cols) -> np.ndarray:
-    """dlib's vector loop for a block of output rows: st/sb are the (R, in_w, C) source rows above
-    and below (any dtype, converted to float32), tbd the (R, 1, 1) float64 row fractions. Returns
-    (R, n_simd, C) float32 = ((tl*w_tl + tr*w_tr) + bl*w_bl) + br*w_br with float32 weights
-    w_tl = float(1 - tb) * (1 - lr) etc., in this order and precision."""
-    tbf = tbd.astype(np.float32)
-    itbf = (1 - tbd).astype(np.float32)
-    lr, ilr = cols.simd_lr[None, :, None], cols.simd_ilr[None, :, None]
-    acc = np.take(st, cols.simd_left, axis=1).astype(np.float32, copy=False)
-    acc *= itbf * ilr
-    tmp = np.take(st, cols.simd_right, axis=1).astype(np.float32, copy=False)
-    tmp *= itbf * lr
-    acc += tmp
-    tmp[...] = np.take(sb, cols.simd_left, axis=1)
-    tmp *= tbf * ilr
-    acc += tmp
-    tmp[...] = np.take(sb, cols.simd_right, axis=1)
-    tmp *= tbf * lr
-    acc += tmp
-    return acc
+# The vector loop on XLA, in fixed-size blocks. Per output value dlib's SSE code computes
+# ((tl*w_tl + tr*w_tr) + bl*w_bl) + br*w_br in float32 with separate multiplies and adds; XLA:CPU
+# contracts a multiply feeding an add into one FMA (one rounding instead of two: 23 % of 1M random
+# products differed in a test, 2026-12-02), so each product goes through `_opaque` first.
+# Blocks of BLOCK output rows x cols, CALL_BLOCKS per call, read a source block of at least
+# SOURCE_BLOCK (a 5/6 downscale of 64 x 512 outputs reads <= 78 x 616 inputs; pyramid_up fewer), so
+# one program per source dtype serves every image size. 64 x 512: the resize chain of a 2000 px
+# photo's face (~52 M level pixels: 21 resizes) in 0.6 s against 2.7 s in numpy (one re-detection
+# of a 1050 px face on a 2000 px photo: 2.9 s -> 0.77 s, 2026-12-02; BENCHMARKS.md, issue 13).
+BLOCK = (64, 512)
+SOURCE_BLOCK = (80, 640)
+CALL_BLOCKS = 8
 
 
-def resize_float(src: np.ndarray, out_h: int, out_w: int, out: np.ndarray, chunk: int = 16) -> None:
-    """dlib resize_image(float image, bilinear) of an (h, w, C) float32 array into `out`
-    (out_h, out_w, C) float32, channel by channel (C channels share the arithmetic)."""
-    in_h, in_w = src.shape[:2]
-    top, bottom, tb = row_coords(in_h, out_h)
-    cols = Cols(in_w, out_w)
-    ns = cols.n_simd
-    one = np.float32(1)
-    for r0 in range(0, out_h, chunk):
-        r1 = min(out_h, r0 + chunk)
-        st, sb = src[top[r0:r1]], src[bottom[r0:r1]]
-        tbd = tb[r0:r1, None, None]
-        if ns:
-            out[r0:r1, :ns] = simd_block(st, sb, tbd, cols)
-        if out_w > ns:  # scalar tail: float32 horizontal mixes, double vertical mix
-            lr = cols.tail_lr.astype(np.float32)[None, :, None]
-            il = one - lr
-            top_mix = il * st[:, cols.tail_left] + lr * st[:, cols.tail_right]
-            bot_mix = il * sb[:, cols.tail_left] + lr * sb[:, cols.tail_right]
-            out[r0:r1, ns:] = ((1 - tbd) * top_mix.astype(np.float64)
-                               + tbd * bot_mix.astype(np.float64)).astype(np.float32)
+def _opaque(x: jax.Array, zero: jax.Array) -> jax.Array:
+    """x itself, through an integer xor with a runtime zero that no compiler can see through."""
+    return lax.bitcast_convert_type(lax.bitcast_convert_type(x, jnp.int32) ^ zero, jnp.float32)
 
 
-def resize_rgb_u8(src: np.ndarray, out_h: int, out_w: int, chunk: int = 16) -> np.ndarray:
+@functools.partial(jax.jit, static_argnames=("center", "truncate"))
+def _simd_blocks(src, mean, top, bottom, itb, tb, left, right, ilr, lr, zero, *, center: bool,
+                 truncate: bool):
+    """dlib's vector loop on N blocks. src (N, SR, SC, 3) uint8 or float32 source blocks; top,
+    bottom (N, BR) int32 rows and itb = float32(1 - tb), tb (N, BR) float32 row weights; left,
+    right (N, BC) int32 columns and ilr, lr (N, BC) float32 column weights (indices within the
+    block). center: the source is level-0 pixels, used as (pixel - mean) / 256 float32.
+    Returns (N, BR, BC, 3): float32, or uint8 truncated (the 'u8' resize's cvttps)."""
+
+    def one(s, top, bottom, itb, tb, left, right, ilr, lr):
+        s = s.astype(jnp.float32)
+        if center:
+            s = (s - mean) / jnp.float32(256)
+        st, sb = s[top], s[bottom]  # (BR, SC, 3)
+        terms = ((st[:, left], itb[:, None] * ilr[None, :]), (st[:, right], itb[:, None] * lr[None, :]),
+                 (sb[:, left], tb[:, None] * ilr[None, :]), (sb[:, right], tb[:, None] * lr[None, :]))
+        p = [_opaque(v * w[..., None], zero) for v, w in terms]
+        return ((p[0] + p[1]) + p[2]) + p[3]
+
+    out = jax.vmap(one)(src, top, bottom, itb, tb, left, right, ilr, lr)
+    return out.astype(jnp.int32).astype(jnp.uint8) if truncate else out
+
+
+def _round_up(n: int, q: int) -> int:
+    return -(-n // q) * q
+
+
+def _simd_rows(src: np.ndarray, top: np.ndarray, bottom: np.ndarray, tb: np.ndarray,
+               left: np.ndarray, right: np.ndarray, lr: np.ndarray, ilr: np.ndarray,
+               out: np.ndarray, *, mean: np.ndarray | None) -> None:
+    """The vector loop for outputs (len(top), len(left)) from `src` (indices into src), written
+    into `out` (R, C, 3): uint8 (truncated, the 'u8' resize) or float32.
+    top/bottom: (R,) source rows, tb (R,) float64 fractions; left/right (C,) source columns and
+    lr/ilr (C,) float32 weights."""
+    nr, nc = len(top), len(left)
+    truncate = out.dtype == np.uint8
+    if nr == 0 or nc == 0:
+        return
+    (br, bc), q0s, p0s = BLOCK, np.arange(0, nr, BLOCK[0]), np.arange(0, nc, BLOCK[1])
+    rs0, rs1 = np.minimum.reduceat(top, q0s), np.maximum.reduceat(bottom, q0s) + 1
+    cs0, cs1 = np.minimum.reduceat(left, p0s), np.maximum.reduceat(right, p0s) + 1
+    sr = max(SOURCE_BLOCK[0], _round_up(int((rs1 - rs0).max()), 16))
+    sc = max(SOURCE_BLOCK[1], _round_up(int((cs1 - cs0).max()), 128))
+    itb32, tb32 = (1 - tb).astype(np.float32), tb.astype(np.float32)
+    mean32 = np.zeros(3, np.float32) if mean is None else np.asarray(mean, np.float32)
+    blocks = [(i, j) for i in range(len(q0s)) for j in range(len(p0s))]
+    pending = []
+    for k0 in range(0, len(blocks), CALL_BLOCKS):
+        part = blocks[k0:k0 + CALL_BLOCKS]
+        n = CALL_BLOCKS
+        s = np.empty((n, sr, sc, 3), src.dtype)  # outside each block: never read by an output kept
+        rows_i = np.zeros((2, n, br), np.int32)
+        rows_w = np.zeros((2, n, br), np.float32)
+        cols_i = np.zeros((2, n, bc), np.int32)
+        cols_w = np.zeros((2, n, bc), np.float32)
+        for m, (i, j) in enumerate(part):
+            q0, p0 = int(q0s[i]), int(p0s[j])
+            q1, p1 = min(nr, q0 + br), min(nc, p0 + bc)
+            s[m, :rs1[i] - rs0[i], :cs1[j] - cs0[j]] = src[rs0[i]:rs1[i], cs0[j]:cs1[j]]
+            rows_i[:, m, :q1 - q0] = (top[q0:q1] - rs0[i], bottom[q0:q1] - rs0[i])
+            rows_w[:, m, :q1 - q0] = (itb32[q0:q1], tb32[q0:q1])
+            cols_i[:, m, :p1 - p0] = (left[p0:p1] - cs0[j], right[p0:p1] - cs0[j])
+            cols_w[:, m, :p1 - p0] = (ilr[p0:p1], lr[p0:p1])
+        res = _simd_blocks(s, mean32, rows_i[0], rows_i[1], rows_w[0], rows_w[1], cols_i[0],
+                           cols_i[1], cols_w[0], cols_w[1], np.int32(0),
+                           center=mean is not None, truncate=truncate)
+        pending.append((part, res))  # dispatched: the next blocks are cut while XLA computes
+    for part, res in pending:
+        res = np.asarray(res)
+        for m, (i, j) in enumerate(part):
+            q0, p0 = int(q0s[i]), int(p0s[j])
+            q1, p1 = min(nr, q0 + br), min(nc, p0 + bc)
+            out[q0:q1, p0:p1] = res[m, :q1 - q0, :p1 - p0]
+
+
+def resize_float(src: np.ndarray, out_h: int, out_w: int, out: np.ndarray) -> None:
+    """dlib resize_image(float image, bilinear) of an (h, w, 3) float32 array into `out`
+    (out_h, out_w, 3) float32."""
+    st = Stage.between(src.shape[:2], (out_h, out_w), "f32")
+    out[...] = resize_part(src, 0, 0, st, 0, out_h, 0, out_w)
+
+
+def resize_rgb_u8(src: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """dlib resize_image(rgb_pixel image, bilinear): (h, w, 3) uint8 -> (out_h, out_w, 3) uint8.
     Vector part: float32 weights and products, truncated to int; scalar tail: double, truncated."""
-    in_h, in_w = src.shape[:2]
-    out = np.empty((out_h, out_w, 3), np.uint8)
-    top, bottom, tb = row_coords(in_h, out_h)
-    cols = Cols(in_w, out_w)
-    ns = cols.n_simd
-    for r0 in range(0, out_h, chunk):
-        r1 = min(out_h, r0 + chunk)
-        st, sb = src[top[r0:r1]], src[bottom[r0:r1]]
-        tbd = tb[r0:r1, None, None]
-        if ns:
-            out[r0:r1, :ns] = simd_block(st, sb, tbd, cols).astype(np.int32)  # cvttps: truncation
-        if out_w > ns:
-            lr = cols.tail_lr[None, :, None]
-            st64, sb64 = st.astype(np.float64), sb.astype(np.float64)
-            v = ((1 - tbd) * ((1 - lr) * st64[:, cols.tail_left] + lr * st64[:, cols.tail_right])
-                 + tbd * ((1 - lr) * sb64[:, cols.tail_left] + lr * sb64[:, cols.tail_right]))
-            out[r0:r1, ns:] = v.astype(np.int32)
-    return out
+    st = Stage.between(src.shape[:2], (out_h, out_w), "u8")
+    return resize_part(src, 0, 0, st, 0, out_h, 0, out_w)
 
 
 def pyramid_up(image: np.ndarray) -> np.ndarray:
@@ -275,6 +320,12 @@ class Stage:
     rows: tuple  # (top, bottom, frac) of row_coords
     cols: Cols
 
+    @classmethod
+    def between(cls, in_shape, out_shape, kind: str) -> "Stage":
+        in_shape, out_shape = tuple(int(v) for v in in_shape), tuple(int(v) for v in out_shape)
+        return cls(in_shape, out_shape, kind, row_coords(in_shape[0], out_shape[0]),
+                   Cols(in_shape[1], out_shape[1]))
+
 
 # ------------------------------------------------------------------------------------------
 # Parts of resized images, bit-identical to the full resizes
@@ -295,59 +346,54 @@ def source_span(st: Stage, r0: int, r1: int, c0: int, c1: int) -> tuple[int, int
     return sr0, sr1, min(lo), max(hi) + 1
 
 
-class SimdSlice:
-    """The columns [a, b) of a Cols vector part, indices relative to source column sc0."""
-
-    def __init__(self, cols: Cols, a: int, b: int, sc0: int):
-        self.simd_left = cols.simd_left[a:b] - sc0
-        self.simd_right = cols.simd_right[a:b] - sc0
-        self.simd_lr = cols.simd_lr[a:b]
-        self.simd_ilr = cols.simd_ilr[a:b]
-
-
 def resize_part(src: np.ndarray, sr0: int, sc0: int, st: Stage, r0: int, r1: int, c0: int,
-                   c1: int, chunk: int = 32, mean: np.ndarray | None = None) -> np.ndarray:
+                c1: int, chunk: int = 32, mean: np.ndarray | None = None) -> np.ndarray:
     """Outputs [r0, r1) x [c0, c1) of the stage's resize, from `src` = its input's rows/cols starting
-    at (sr0, sc0). Same arithmetic as resize_rgb_u8 ('u8') / resize_float ('f32').
+    at (sr0, sc0): (r1 - r0, c1 - c0, 3) uint8 ('u8': pyramid_up) or float32 ('f32': a level).
     mean: for level 1, whose input (level 0) is kept as uint8 pixels: the rows read are first
-    converted to (pixel - mean) / 256 float32 (the same values as converting the whole level)."""
+    converted to (pixel - mean) / 256 float32 (the same values as converting the whole level).
+    The vector columns run on XLA (`_simd_rows`), the few scalar-tail columns in numpy by chunks
+    of rows."""
     top, bottom, tb = st.rows
     cols, ns = st.cols, st.cols.n_simd
-    out = np.empty((r1 - r0, c1 - c0, 3), np.uint8 if st.kind == "u8" else np.float32)
+    u8 = st.kind == "u8"
+    out = np.empty((r1 - r0, c1 - c0, 3), np.uint8 if u8 else np.float32)
     a, b = c0, min(c1, ns)
-    simd = SimdSlice(cols, a, b, sc0) if b > a else None
+    if b > a:
+        _simd_rows(src, top[r0:r1] - sr0, bottom[r0:r1] - sr0, tb[r0:r1],
+                   cols.simd_left[a:b] - sc0, cols.simd_right[a:b] - sc0, cols.simd_lr[a:b],
+                   cols.simd_ilr[a:b], out[:, :b - a], mean=mean)
     t0, t1 = max(c0, ns), c1
-    if t1 > t0:
-        tl = cols.tail_left[t0 - ns:t1 - ns] - sc0
-        tr = cols.tail_right[t0 - ns:t1 - ns] - sc0
-        tlr = cols.tail_lr[t0 - ns:t1 - ns]
+    if t1 <= t0:
+        return out
+    tl = cols.tail_left[t0 - ns:t1 - ns] - sc0
+    tr = cols.tail_right[t0 - ns:t1 - ns] - sc0
+    tlr = cols.tail_lr[t0 - ns:t1 - ns]
+    j = t0 - c0
     one = np.float32(1)
-    for q0 in range(r0, r1, chunk):
+    for q0 in range(r0, r1, chunk):  # scalar tail: the few columns past the vector loop
         q1 = min(r1, q0 + chunk)
-        s_t, s_b = src[top[q0:q1] - sr0], src[bottom[q0:q1] - sr0]
+        tcols = np.r_[tl, tr][None, :]
+        s_t, s_b = src[(top[q0:q1] - sr0)[:, None], tcols], src[(bottom[q0:q1] - sr0)[:, None], tcols]
         if mean is not None:
             s_t = (s_t.astype(np.float32) - mean) / np.float32(256)
             s_b = (s_b.astype(np.float32) - mean) / np.float32(256)
+        n = len(tl)
         tbd = tb[q0:q1, None, None]
         o = out[q0 - r0:q1 - r0]
-        if simd is not None:
-            v = simd_block(s_t, s_b, tbd, simd)
-            o[:, :b - a] = v.astype(np.int32) if st.kind == "u8" else v
-        if t1 > t0:
-            j = t0 - c0
-            if st.kind == "u8":
-                lr = tlr[None, :, None]
-                t64, b64 = s_t.astype(np.float64), s_b.astype(np.float64)
-                v = ((1 - tbd) * ((1 - lr) * t64[:, tl] + lr * t64[:, tr])
-                     + tbd * ((1 - lr) * b64[:, tl] + lr * b64[:, tr]))
-                o[:, j:] = v.astype(np.int32)
-            else:
-                lr = tlr.astype(np.float32)[None, :, None]
-                il = one - lr
-                top_mix = il * s_t[:, tl] + lr * s_t[:, tr]
-                bot_mix = il * s_b[:, tl] + lr * s_b[:, tr]
-                o[:, j:] = ((1 - tbd) * top_mix.astype(np.float64)
-                            + tbd * bot_mix.astype(np.float64)).astype(np.float32)
+        if u8:  # double throughout, truncated
+            lr = tlr[None, :, None]
+            t64, b64 = s_t.astype(np.float64), s_b.astype(np.float64)
+            v = ((1 - tbd) * ((1 - lr) * t64[:, :n] + lr * t64[:, n:])
+                 + tbd * ((1 - lr) * b64[:, :n] + lr * b64[:, n:]))
+            o[:, j:] = v.astype(np.int32)
+        else:  # float32 horizontal mixes, double vertical mix
+            lr = tlr.astype(np.float32)[None, :, None]
+            il = one - lr
+            top_mix = il * s_t[:, :n] + lr * s_t[:, n:]
+            bot_mix = il * s_b[:, :n] + lr * s_b[:, n:]
+            o[:, j:] = ((1 - tbd) * top_mix.astype(np.float64)
+                        + tbd * bot_mix.astype(np.float64)).astype(np.float32)
     return out
 
 
