@@ -99,6 +99,9 @@ VARIANTS: dict[str, dict] = {
     "thr_s200": {"objective.transfer.balance": "threshold", "attack.steps": 200,
                  "attack.step_size": 0.5 / 255},
     "thr_l1": {"objective.transfer.balance": "threshold", "objective.transfer.balance_norm": "l1"},
+    "ssa": {"objective.transfer.spectrum_rho": 0.5},
+    "ssa4": {"objective.transfer.spectrum_rho": 0.5, "objective.transfer.samples": 4},
+    "samples4": {"objective.transfer.samples": 4},
     "thr_f0_m50": {"objective.transfer.balance": "threshold", "objective.transfer.threshold_floor": 0.0,
                    "objective.transfer.threshold_margin": 0.5},
 }

@@ -261,3 +261,28 @@ def test_a_single_masked_encoder_keeps_its_gradient_inside_the_mask(tiny):
         delta, jax.random.key(0))
     g = np.abs(np.asarray(g)).sum(-1)
     assert g[mask > 0].max() > 0 and g[mask == 0].max() == 0.0
+
+
+def test_gradient_samples_average_the_random_draws(tiny):
+    _, params = tiny
+    plan = _plan()
+    tl = objective.transfer_lib
+    x, _, _, v, t, _, s = _inputs(_photo(18), plan, params, _cfg())
+    delta = jnp.asarray(np.random.default_rng(19).uniform(-2 / 255, 2 / 255, x.shape), jnp.float32)
+
+    def direction(**kw):
+        cfg = _cfg(transfer=tl.TransferConfig(**kw))
+        return engine.value_and_direction(s, jnp.asarray(x), v, t, plan.groups, cfg)(
+            delta, jax.random.key(3))
+
+    (l1, g1), (l4, g4) = direction(), direction(samples=4)
+    np.testing.assert_allclose(float(l4), float(l1), rtol=1e-5)  # nothing random: the same
+    np.testing.assert_allclose(np.asarray(g4), np.asarray(g1), rtol=1e-4, atol=1e-9)
+    _, gs1 = direction(spectrum_rho=0.5)
+    _, gs4 = direction(spectrum_rho=0.5, samples=4)
+    keys = jax.random.split(jax.random.key(3), 4)
+    cfg = _cfg(transfer=tl.TransferConfig(spectrum_rho=0.5))
+    f = engine.value_and_direction(s, jnp.asarray(x), v, t, plan.groups, cfg)
+    mean = np.mean([np.asarray(f(delta, k)[1]) for k in keys], axis=0)
+    np.testing.assert_allclose(np.asarray(gs4), mean, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(np.asarray(gs1), np.asarray(g1), rtol=1e-3)  # the spectrum draw acts

@@ -90,6 +90,29 @@ def test_unit_and_bad_settings():
         transfer.TransferConfig(balance="threshold", threshold_floor=1.5)
 
 
+def test_spectrum_augment_is_a_random_gain_per_dct_coefficient():
+    d = transfer.dct_matrix(7)
+    np.testing.assert_allclose(d @ d.T, np.eye(7), atol=1e-6)  # orthonormal DCT-II
+    x = jax.random.uniform(jax.random.key(0), (2, 12, 9, 3))
+    key = jax.random.key(1)
+    same = transfer.spectrum_augment(x, key, 0.0, 0.0)
+    np.testing.assert_allclose(np.asarray(same), np.asarray(x), atol=1e-5)
+    y = np.asarray(transfer.spectrum_augment(x, key, 0.5, 0.0))
+    assert 0.01 < float(np.abs(y - np.asarray(x)).mean()) < 0.5
+    # the gain of each coefficient lies in [1 - rho, 1 + rho]
+    dh, dw = transfer.dct_matrix(12), transfer.dct_matrix(9)
+    spec_x = np.einsum("ah,nhwc,bw->nabc", dh, np.asarray(x), dw)
+    spec_y = np.einsum("ah,nhwc,bw->nabc", dh, y, dw)
+    gain = spec_y[np.abs(spec_x) > 1e-2] / spec_x[np.abs(spec_x) > 1e-2]
+    assert 0.5 - 1e-3 <= gain.min() and gain.max() <= 1.5 + 1e-3 and gain.std() > 0.1
+    g = jax.grad(lambda v: jnp.sum(transfer.spectrum_augment(v, key, 0.5, 0.1) ** 2))(x)
+    assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).sum()) > 0
+    with pytest.raises(ValueError, match="spectrum_rho"):
+        transfer.TransferConfig(spectrum_rho=1.5)
+    with pytest.raises(ValueError, match="samples"):
+        transfer.TransferConfig(samples=0)
+
+
 def test_threshold_weight_falls_from_one_to_the_floor_at_the_goal():
     # threshold 0.6, margin 0.25: goal 0.75
     w = [float(transfer.threshold_weight(jnp.float32(d), 0.6, 0.25, 0.1))

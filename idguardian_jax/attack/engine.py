@@ -105,6 +105,18 @@ def _identity_direction(surrogates: Surrogates, x, views: PhotoViews, targets: T
     return direction
 
 
+def _sampled(f: pgd.ValueAndDirection, samples: int) -> pgd.ValueAndDirection:
+    """The mean (loss, direction) of f over `samples` random draws (transfer.samples; 1: f)."""
+    if samples <= 1:
+        return f
+
+    def mean(delta, key):
+        losses, dirs = jax.vmap(lambda k: f(delta, k))(jax.random.split(key, samples))
+        return jnp.mean(losses), jnp.mean(dirs, axis=0)
+
+    return mean
+
+
 def value_and_direction(surrogates: Surrogates, x: jax.Array, views: PhotoViews,
                         targets: Targets, groups: dict, cfg: EngineConfig) -> pgd.ValueAndDirection:
     """The one function PGD descends for a photo region x (H, W, 3) in [0, 1]: (delta, key) ->
@@ -113,7 +125,8 @@ def value_and_direction(surrogates: Surrogates, x: jax.Array, views: PhotoViews,
     combined direction: the identity gradient and the deflection direction, each normalized over
     the photo (Algorithm 1). The deflection is computed on each face's CLIP view (the image
     IP-Adapter reads) and pulled back to the photo through the view's vector-Jacobian product."""
-    identity_dir = _identity_direction(surrogates, x, views, targets, groups, cfg)
+    identity_dir = _sampled(_identity_direction(surrogates, x, views, targets, groups, cfg),
+                            cfg.objective.transfer.samples)
     if cfg.deflection is None:
         return identity_dir
     dp = surrogates.diffusion

@@ -25,6 +25,11 @@ Each is a switch of `TransferConfig` (configs: `objective.transfer.*`), pure and
   random each step (DFANet-style), a new surrogate per step.
 - **linear backpropagation** (`linear_backward`, LinBP, Guo et al. 2020): the last fraction of a
   surrogate's activations pass the gradient through as if they were linear (forward unchanged).
+- **spectrum simulation** (`spectrum_rho`, SSA, Long et al. 2022): each chip the encoder reads gets
+  Gaussian noise (`spectrum_sigma`) and a random gain in [1 - rho, 1 + rho] per 2-D DCT
+  coefficient (`spectrum_augment`), a cheap stand-in for other models' frequency responses.
+- **gradient samples** (`samples`): the step's direction is the mean of that many directions, each
+  with its own random draw of every technique above (and of EoT / re-alignment jitter).
 """
 from __future__ import annotations
 
@@ -50,6 +55,9 @@ class TransferConfig:
     flip_prob: float = 0.0
     linear_backward: float = 0.0
     balance_norm: str = "l2"
+    spectrum_rho: float = 0.0
+    spectrum_sigma: float = 16.0 / 255.0
+    samples: int = 1
 
     @property
     def balanced(self) -> bool:
@@ -78,6 +86,12 @@ class TransferConfig:
             raise ValueError(f"threshold_floor must be in [0, 1], got {self.threshold_floor}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.spectrum_rho <= 1.0:
+            raise ValueError(f"spectrum_rho must be in [0, 1], got {self.spectrum_rho}")
+        if self.spectrum_sigma < 0:
+            raise ValueError(f"spectrum_sigma must be >= 0, got {self.spectrum_sigma}")
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -106,6 +120,31 @@ def diversity_affine(affine: jax.Array, key: jax.Array, rows: int, cols: int, pr
     lin = affine[:, :2] * (u * fu)[None, :]
     off = affine[:, :2] @ (c - u * fu * c + t) + affine[:, 2]
     return jnp.concatenate([lin, off[:, None]], axis=1)
+
+
+# ------------------------------------------------------------------------------------------
+# Spectrum simulation
+# ------------------------------------------------------------------------------------------
+def dct_matrix(n: int) -> np.ndarray:
+    """(n, n) orthonormal DCT-II matrix D: D @ x is the DCT of x (n,), D.T @ X its inverse."""
+    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    d[0] /= np.sqrt(2.0)
+    return d.astype(np.float32)
+
+
+def spectrum_augment(chips: jax.Array, key: jax.Array, rho: float, sigma: float) -> jax.Array:
+    """SSA's spectrum transformation of (N, H, W, C) chips in [0, 1]: IDCT(DCT(x + noise) * gain),
+    noise ~ N(0, sigma^2) per pixel, gain ~ U(1 - rho, 1 + rho) per DCT coefficient, channel and
+    chip; the 2-D DCT over each chip's rows and columns (orthonormal, so rho = 0 and sigma = 0 give
+    x back). Differentiable in x (a linear map plus noise)."""
+    n, h, w, c = chips.shape
+    kn, kg = jax.random.split(key)
+    dh, dw = jnp.asarray(dct_matrix(h)), jnp.asarray(dct_matrix(w))
+    x = chips + sigma * jax.random.normal(kn, chips.shape, chips.dtype)
+    spec = jnp.einsum("ah,nhwc,bw->nabc", dh, x, dw)
+    spec = spec * jax.random.uniform(kg, spec.shape, spec.dtype, 1.0 - rho, 1.0 + rho)
+    return jnp.einsum("ah,nabc,bw->nhwc", dh, spec, dw)
 
 
 # ------------------------------------------------------------------------------------------

@@ -83,8 +83,8 @@ def photo_views(x255: jax.Array, fv: FaceViews, groups: tuple[ViewGroup, ...], k
 
     x255: (H, W, 3) region, 0..255 values; fv/groups: from PhotoPlan for that encoder.
     With a key and an active jitter, each chip is re-aligned at random; with a key and a
-    `transfer` config, input diversity and translation-invariant gradients apply (see
-    idguardian_jax.attack.transfer).
+    `transfer` config, input diversity, spectrum simulation and translation-invariant gradients
+    apply (see idguardian_jax.attack.transfer).
     """
     chips, at = [], 0
     diverse = key is not None and transfer is not None and (transfer.diversity_prob > 0
@@ -110,6 +110,10 @@ def photo_views(x255: jax.Array, fv: FaceViews, groups: tuple[ViewGroup, ...], k
                                    rows=g.rows, cols=g.cols, rounding=rounding)
         c = jax.vmap(sample, in_axes=(None, 0, 0, 0))(
             x255, fv.start[sl], affine, fv.level_shape[sl])
+        if key is not None and transfer is not None and transfer.spectrum_rho > 0:
+            c = 255.0 * transfer_lib.spectrum_augment(
+                c / 255.0, jax.random.fold_in(key, 0x55A + 0x100 * gi), transfer.spectrum_rho,
+                transfer.spectrum_sigma)
         if key is not None and transfer is not None and transfer.ti_kernel > 1:
             c = transfer_lib.smooth_cotangent(c, transfer_lib.ti_side(transfer.ti_kernel, g.rows))
         chips.append(c)
