@@ -1,7 +1,7 @@
 r"""Protection cost against photo size: one face, 512x512 / 1000x1500 / 2000x3000, warm.
 
   python benchmarks/bench_protect_sizes.py [--sizes=512x512,1000x1500,2000x3000] [--max_side=N]
-      [--steps=N] [--repeat=N] [--photo=PATH]
+      [--steps=N] [--repeat=N] [--photo=PATH] [--installed_encoders=none]
 The photos are synthetic: the 512x512 one-face photo (../shared/faces/n000050_A_0003_01.png, else
 skimage's astronaut) itself, and pasted unscaled on a smooth noisy background for the larger sizes
 (benchmarks/common.synthetic_photo), so every photo holds the same ~205 px face.
@@ -31,6 +31,8 @@ def main():
     ap.add_argument("--max_side", type=int, default=None)
     ap.add_argument("--measure", default=None, help="detect.measure: near | full")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--installed_encoders", default=None,
+                    help="objective.installed_encoders: all (the default's four) | none (dlib alone)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="warm runs after the first (0: report the first run, compiles included)")
     args = ap.parse_args()
@@ -46,6 +48,8 @@ def main():
         cfg.detect.measure = args.measure
     if args.steps:
         cfg.attack.steps = args.steps
+    if args.installed_encoders:
+        cfg.objective.installed_encoders = args.installed_encoders
     pr = protect.Protector(cfg)
     rows = []
     for size in args.sizes.split(","):
@@ -77,7 +81,8 @@ def main():
         rows.append((f"{w}x{h}", len(faces), best))
     print(f"machine: {machine()}, date: {time.strftime('%Y-%m-%d %H:%M')}, "
           f"detect.max_side={cfg.detect.max_side}, detect.measure={cfg.detect.measure}, "
-          f"{cfg.attack.steps} steps, best of {args.repeat} warm run(s)\n")
+          f"{cfg.attack.steps} steps, encoders {', '.join(pr.encoder_names)}, "
+          f"best of {args.repeat} warm run(s)\n")
     print("| photo | faces | detection | rest of prepare | PGD | measurement | total (s) |")
     print("|---|---|---|---|---|---|---|")
     for name, n, (wall, cpu) in rows:
