@@ -154,7 +154,15 @@ def _simd_rows(src: np.ndarray, top: np.ndarray, bottom: np.ndarray, tb: np.ndar
     itb32, tb32 = (1 - tb).astype(np.float32), tb.astype(np.float32)
     mean32 = np.zeros(3, np.float32) if mean is None else np.asarray(mean, np.float32)
     blocks = [(i, j) for i in range(len(q0s)) for j in range(len(p0s))]
-    pending = []
+    pending: list = []
+
+    def collect(part, res):
+        res = np.asarray(res)
+        for m, (i, j) in enumerate(part):
+            q0, p0 = int(q0s[i]), int(p0s[j])
+            q1, p1 = min(nr, q0 + br), min(nc, p0 + bc)
+            out[q0:q1, p0:p1] = res[m, :q1 - q0, :p1 - p0]
+
     for k0 in range(0, len(blocks), CALL_BLOCKS):
         part = blocks[k0:k0 + CALL_BLOCKS]
         n = CALL_BLOCKS
@@ -175,12 +183,10 @@ def _simd_rows(src: np.ndarray, top: np.ndarray, bottom: np.ndarray, tb: np.ndar
                            cols_i[1], cols_w[0], cols_w[1], np.int32(0),
                            center=mean is not None, truncate=truncate)
         pending.append((part, res))  # dispatched: the next blocks are cut while XLA computes
+        if len(pending) > 2:  # at most 2 calls' results in flight (memory stays that of `out`)
+            collect(*pending.pop(0))
     for part, res in pending:
-        res = np.asarray(res)
-        for m, (i, j) in enumerate(part):
-            q0, p0 = int(q0s[i]), int(p0s[j])
-            q1, p1 = min(nr, q0 + br), min(nc, p0 + bc)
-            out[q0:q1, p0:p1] = res[m, :q1 - q0, :p1 - p0]
+        collect(part, res)
 
 
 def resize_float(src: np.ndarray, out_h: int, out_w: int, out: np.ndarray) -> None:
