@@ -83,6 +83,14 @@ def get_config():
     c.objective.transfer.dropout = 0.0
     c.objective.transfer.flip_prob = 0.0
     c.objective.transfer.linear_backward = 0.0
+    # Spectrum simulation (SSA: noise of spectrum_sigma and a gain in [1 - rho, 1 + rho] per DCT
+    # coefficient of each view) and gradient samples (draws averaged per step): mobileface left out
+    # and judging, 6 held-out photos (docs/TRANSFER.md, third round), the judge's similarity
+    # 0.828 -> 0.806 with rho 0.5 (1.5x the time) and 0.799 with 4 samples (3x), no verdict
+    # changed: off. sigma 16/255 is SSA's own setting.
+    c.objective.transfer.spectrum_rho = 0.0
+    c.objective.transfer.spectrum_sigma = 16 / 255
+    c.objective.transfer.samples = 1
 
     # Expectation over transformation (configs/robust.py turns it on): per step, one random
     # differentiable post-processing, strength uniform in the (low, high) range; () = off.
