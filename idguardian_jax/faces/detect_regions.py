@@ -34,8 +34,9 @@ Cost and memory: the small canvas, and per face the resize chain of the level re
 need: ~11x the face's width square at level 0 (upsample 1; 5.5x in photo pixels), shrinking by
 5/6 per level, clipped to the photo. For a face filling the photo that is the whole pyramid's
 resizes (XLA blocks, ~12 ns per level pixel of CPU; numpy took ~50), but never the full canvas's
-CNN (5 tiles of 16x16 outputs, ~0.5 GFLOP each). Level regions are freed (or cut to what tiles read) as soon as
-the next level is computed, and level 0 stays uint8, so the peak is about two consecutive levels.
+CNN (5 tiles of 16x16 outputs, ~0.5 GFLOP each). Level regions are freed (or cut to what tiles
+read) as soon as the next level is computed, and level 0 stays uint8, so the peak is about two
+consecutive levels.
 """
 from __future__ import annotations
 
