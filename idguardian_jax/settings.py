@@ -188,8 +188,8 @@ FIELDS: dict[str, Field] = {
                                              number(0, 1)),
     "objective.transfer.spectrum_sigma": Field("spectrum simulation: standard deviation of the "
                                                "noise added to a view ([0, 1] pixels)", number(0)),
-    "objective.transfer.samples": Field("random draws averaged per step (gradient samples)",
-                                        integer(1)),
+    "objective.transfer.samples": Field("random draws averaged per step in the identity terms' "
+                                        "direction (gradient samples)", integer(1)),
     "objective.face_mask_margin": Field("perturb only inside each face's landmark hull grown by "
                                         "this margin (-1: the views' crop boxes)", number(-1)),
     "objective.face_mask_exempt": Field("encoders whose gradient may use their whole crop when "

@@ -28,8 +28,9 @@ Each is a switch of `TransferConfig` (configs: `objective.transfer.*`), pure and
 - **spectrum simulation** (`spectrum_rho`, SSA, Long et al. 2022): each chip the encoder reads gets
   Gaussian noise (`spectrum_sigma`) and a random gain in [1 - rho, 1 + rho] per 2-D DCT
   coefficient (`spectrum_augment`), a cheap stand-in for other models' frequency responses.
-- **gradient samples** (`samples`): the step's direction is the mean of that many directions, each
-  with its own random draw of every technique above (and of EoT / re-alignment jitter).
+- **gradient samples** (`samples`): the identity terms' direction (the encoders, balanced, and any
+  baseline; not IDGuardian's deflection term) is the mean of that many directions, each with its
+  own random draw of every technique above (and of EoT / re-alignment jitter).
 """
 from __future__ import annotations
 

@@ -153,14 +153,14 @@ def _simd_rows(src: np.ndarray, top: np.ndarray, bottom: np.ndarray, tb: np.ndar
     sc = max(SOURCE_BLOCK[1], _round_up(int((cs1 - cs0).max()), 128))
     itb32, tb32 = (1 - tb).astype(np.float32), tb.astype(np.float32)
     mean32 = np.zeros(3, np.float32) if mean is None else np.asarray(mean, np.float32)
-    blocks = [(i, j) for i in range(len(q0s)) for j in range(len(p0s))]
+    # per block: its row/column indices, output rows [q0, q1) and columns [p0, p1)
+    blocks = [(i, j, int(q0), min(nr, int(q0) + br), int(p0), min(nc, int(p0) + bc))
+              for i, q0 in enumerate(q0s) for j, p0 in enumerate(p0s)]
     pending: list = []
 
     def collect(part, res):
         res = np.asarray(res)
-        for m, (i, j) in enumerate(part):
-            q0, p0 = int(q0s[i]), int(p0s[j])
-            q1, p1 = min(nr, q0 + br), min(nc, p0 + bc)
+        for m, (_, _, q0, q1, p0, p1) in enumerate(part):
             out[q0:q1, p0:p1] = res[m, :q1 - q0, :p1 - p0]
 
     for k0 in range(0, len(blocks), CALL_BLOCKS):
@@ -171,9 +171,7 @@ def _simd_rows(src: np.ndarray, top: np.ndarray, bottom: np.ndarray, tb: np.ndar
         rows_w = np.zeros((2, n, br), np.float32)
         cols_i = np.zeros((2, n, bc), np.int32)
         cols_w = np.zeros((2, n, bc), np.float32)
-        for m, (i, j) in enumerate(part):
-            q0, p0 = int(q0s[i]), int(p0s[j])
-            q1, p1 = min(nr, q0 + br), min(nc, p0 + bc)
+        for m, (i, j, q0, q1, p0, p1) in enumerate(part):
             s[m, :rs1[i] - rs0[i], :cs1[j] - cs0[j]] = src[rs0[i]:rs1[i], cs0[j]:cs1[j]]
             rows_i[:, m, :q1 - q0] = (top[q0:q1] - rs0[i], bottom[q0:q1] - rs0[i])
             rows_w[:, m, :q1 - q0] = (itb32[q0:q1], tb32[q0:q1])
@@ -193,7 +191,7 @@ def resize_float(src: np.ndarray, out_h: int, out_w: int, out: np.ndarray) -> No
     """dlib resize_image(float image, bilinear) of an (h, w, 3) float32 array into `out`
     (out_h, out_w, 3) float32."""
     st = Stage.between(src.shape[:2], (out_h, out_w), "f32")
-    out[...] = resize_part(src, 0, 0, st, 0, out_h, 0, out_w)
+    resize_part(src, 0, 0, st, 0, out_h, 0, out_w, out=out)
 
 
 def resize_rgb_u8(src: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -298,7 +296,7 @@ def bucket_width(n: int) -> int:
         q = 64
     else:
         q = 1 << (n.bit_length() - 1 - 3)
-    return -(-n // q) * q
+    return _round_up(n, q)
 
 
 def build_canvas(image: np.ndarray, mean_rgb, rows: int, cols: int, rects) -> np.ndarray:
@@ -353,17 +351,20 @@ def source_span(st: Stage, r0: int, r1: int, c0: int, c1: int) -> tuple[int, int
 
 
 def resize_part(src: np.ndarray, sr0: int, sc0: int, st: Stage, r0: int, r1: int, c0: int,
-                c1: int, chunk: int = 32, mean: np.ndarray | None = None) -> np.ndarray:
+                c1: int, chunk: int = 32, mean: np.ndarray | None = None,
+                out: np.ndarray | None = None) -> np.ndarray:
     """Outputs [r0, r1) x [c0, c1) of the stage's resize, from `src` = its input's rows/cols starting
     at (sr0, sc0): (r1 - r0, c1 - c0, 3) uint8 ('u8': pyramid_up) or float32 ('f32': a level).
     mean: for level 1, whose input (level 0) is kept as uint8 pixels: the rows read are first
     converted to (pixel - mean) / 256 float32 (the same values as converting the whole level).
+    out: where to write them (e.g. a canvas slice), else a new array.
     The vector columns run on XLA (`_simd_rows`), the few scalar-tail columns in numpy by chunks
     of rows."""
     top, bottom, tb = st.rows
     cols, ns = st.cols, st.cols.n_simd
     u8 = st.kind == "u8"
-    out = np.empty((r1 - r0, c1 - c0, 3), np.uint8 if u8 else np.float32)
+    if out is None:
+        out = np.empty((r1 - r0, c1 - c0, 3), np.uint8 if u8 else np.float32)
     a, b = c0, min(c1, ns)
     if b > a:
         _simd_rows(src, top[r0:r1] - sr0, bottom[r0:r1] - sr0, tb[r0:r1],
@@ -375,16 +376,15 @@ def resize_part(src: np.ndarray, sr0: int, sc0: int, st: Stage, r0: int, r1: int
     tl = cols.tail_left[t0 - ns:t1 - ns] - sc0
     tr = cols.tail_right[t0 - ns:t1 - ns] - sc0
     tlr = cols.tail_lr[t0 - ns:t1 - ns]
-    j = t0 - c0
+    j, n = t0 - c0, len(tl)
+    tcols = np.r_[tl, tr][None, :]
     one = np.float32(1)
     for q0 in range(r0, r1, chunk):  # scalar tail: the few columns past the vector loop
         q1 = min(r1, q0 + chunk)
-        tcols = np.r_[tl, tr][None, :]
         s_t, s_b = src[(top[q0:q1] - sr0)[:, None], tcols], src[(bottom[q0:q1] - sr0)[:, None], tcols]
         if mean is not None:
             s_t = (s_t.astype(np.float32) - mean) / np.float32(256)
             s_b = (s_b.astype(np.float32) - mean) / np.float32(256)
-        n = len(tl)
         tbd = tb[q0:q1, None, None]
         o = out[q0 - r0:q1 - r0]
         if u8:  # double throughout, truncated

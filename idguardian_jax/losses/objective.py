@@ -87,8 +87,8 @@ def photo_views(x255: jax.Array, fv: FaceViews, groups: tuple[ViewGroup, ...], k
     apply (see idguardian_jax.attack.transfer).
     """
     chips, at = [], 0
-    diverse = key is not None and transfer is not None and (transfer.diversity_prob > 0
-                                                             or transfer.flip_prob > 0)
+    transfer = transfer if key is not None else None  # the techniques draw from the key
+    diverse = transfer is not None and (transfer.diversity_prob > 0 or transfer.flip_prob > 0)
     for gi, g in enumerate(groups):
         sl = slice(at, at + g.count)
         at += g.count
@@ -110,11 +110,11 @@ def photo_views(x255: jax.Array, fv: FaceViews, groups: tuple[ViewGroup, ...], k
                                    rows=g.rows, cols=g.cols, rounding=rounding)
         c = jax.vmap(sample, in_axes=(None, 0, 0, 0))(
             x255, fv.start[sl], affine, fv.level_shape[sl])
-        if key is not None and transfer is not None and transfer.spectrum_rho > 0:
+        if transfer is not None and transfer.spectrum_rho > 0:
             c = 255.0 * transfer_lib.spectrum_augment(
                 c / 255.0, jax.random.fold_in(key, 0x55A + 0x100 * gi), transfer.spectrum_rho,
                 transfer.spectrum_sigma)
-        if key is not None and transfer is not None and transfer.ti_kernel > 1:
+        if transfer is not None and transfer.ti_kernel > 1:
             c = transfer_lib.smooth_cotangent(c, transfer_lib.ti_side(transfer.ti_kernel, g.rows))
         chips.append(c)
     return jnp.concatenate(chips, axis=0) / 255.0
@@ -150,7 +150,7 @@ def photo_embeddings(x01, views: PhotoViews, groups, surrogates: Surrogates, key
         enc = encoder_registry.get(name)
         k = None if key is None else jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
         chips = photo_views(x255, views.encoders[name], groups[name], k, jitter,
-                            rounding_for(enc), cfg.transfer if key is not None else None)
+                            rounding_for(enc), cfg.transfer)
         out[name] = _apply(enc, surrogates.encoders[name], chips, k, cfg.transfer)
     return out
 
