@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from idguardian_jax.checkpoints import bundled, cache, dlib_format
+from idguardian_jax.encoders import frozen_conv
 from idguardian_jax.encoders.base import Encoder
 
 NAME = "dlib_resnet"
@@ -69,6 +70,30 @@ class Affine(nn.Module):
         return x * scale + bias
 
 
+class Conv(nn.Module):
+    """A convolution with bias (dlib's con_ layer); with the kernel's flipped copy in the
+    'derived' collection (`derive`), its input gradient uses that copy (encoders/frozen_conv.py)."""
+
+    features: int
+    kernel: int
+    stride: int
+    padding: int
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.param("kernel", nn.initializers.lecun_normal(),
+                       (self.kernel, self.kernel, x.shape[-1], self.features))
+        b = self.param("bias", nn.initializers.zeros, (self.features,))
+        strides, p = (self.stride, self.stride), self.padding
+        pads = ((p, p), (p, p))
+        if self.has_variable("derived", "flipped"):
+            y = frozen_conv.conv2d(x, k, self.get_variable("derived", "flipped"), strides, pads)
+        else:
+            y = jax.lax.conv_general_dilated(x, k, strides, pads,
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + b
+
+
 class ConvAffine(nn.Module):
     features: int
     kernel: int = 3
@@ -78,8 +103,7 @@ class ConvAffine(nn.Module):
     @nn.compact
     def __call__(self, x):
         p = self.padding
-        x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
-                    padding=((p, p), (p, p)), name="conv")(x)
+        x = Conv(self.features, self.kernel, self.stride, p, name="conv")(x)
         return Affine(name="affine")(x)
 
 
@@ -127,11 +151,29 @@ def preprocess(chips: jax.Array, mean: jax.Array | Sequence[float] = (122.782, 1
 def apply(params: dict[str, Any], chips: jax.Array) -> jax.Array:
     """Descriptors of float32 RGB chips in [0, 1], shape (N, 150, 150, 3) -> (N, 128).
 
-    `params` is what `load()` returns: {'net': flax variables, 'mean': (3,) array}.
+    `params` is what `load()` returns: {'net': flax variables, 'mean': (3,) array} and, from
+    `derive`, 'derived' (the kernels' flipped copies: a faster input gradient, same values).
     """
     chex.assert_rank(chips, 4)
     chex.assert_axis_dimension(chips, -1, 3)
-    return MODEL.apply({"params": params["net"]}, preprocess(chips, params["mean"]))
+    variables = {"params": params["net"]}
+    if "derived" in params:
+        variables["derived"] = params["derived"]
+    return MODEL.apply(variables, preprocess(chips, params["mean"]))
+
+
+def derive(net: dict[str, Any]) -> dict[str, Any]:
+    """The 'derived' collection of a params tree: every convolution kernel flipped once
+    (frozen_conv.flip), at the kernel's place in the tree (.../conv/flipped)."""
+    out = {}
+    for name, sub in net.items():
+        if not isinstance(sub, dict):
+            continue
+        if name == "conv" and "kernel" in sub:
+            out[name] = {"flipped": frozen_conv.flip(sub["kernel"])}
+        elif (d := derive(sub)):
+            out[name] = d
+    return out
 
 
 def apply_uint8(params: dict[str, Any], chips_u8: np.ndarray) -> jax.Array:
@@ -232,11 +274,13 @@ def _parse(path: str) -> tuple[dict[str, Any], Any]:
 def load(path: str | os.PathLike | None = None, use_cache: bool = True) -> dict[str, Any]:
     """Parameters from a dlib .dat file (default: the file bundled in face_recognition_models).
 
-    Returns {'net': flax params pytree (jnp arrays), 'mean': (3,) float32}. Raises
+    Returns {'net': flax params pytree (jnp arrays), 'mean': (3,) float32, 'derived': the
+    kernels' flipped copies (`derive`; 22 MB)}. Raises
     DlibFormatError naming the file and byte offset for a damaged or foreign file.
     """
     path = os.fspath(path) if path is not None else bundled.model_path(bundled.RESNET)
     tree, _ = cache.cached_parse(path, "dlib_resnet", _PARSER_VERSION, _parse, use_cache)
+    tree = dict(tree, derived=derive(tree["net"]))
     return jax.tree_util.tree_map(jnp.asarray, tree)
 
 

@@ -49,3 +49,18 @@ def test_batch_independence_and_gradient(params):
 def test_rejects_wrong_rank(params):
     with pytest.raises(AssertionError):
         dlib_resnet.apply(params, jnp.zeros((150, 150, 3)))
+
+
+def test_flipped_kernels_give_the_same_descriptor_and_gradient(params):
+    """load() adds the kernels' flipped copies (frozen_conv); the network with them computes the
+    descriptor and the input gradient of the one without them."""
+    assert set(params) == {"net", "mean", "derived"}
+    plain = {k: v for k, v in params.items() if k != "derived"}
+    chips = jnp.asarray(np.random.default_rng(1).uniform(size=(1, 150, 150, 3)).astype(np.float32))
+
+    def grad(p):
+        return jax.jit(jax.value_and_grad(lambda x: jnp.sum(dlib_resnet.apply(p, x) ** 3)))(chips)
+
+    (v1, g1), (v0, g0) = grad(params), grad(plain)
+    np.testing.assert_allclose(v1, v0, rtol=1e-6)
+    np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-6 * float(jnp.abs(g0).max()))
