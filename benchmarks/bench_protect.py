@@ -1,7 +1,7 @@
 r"""Protection speed: seconds per 512x512 one-face photo at default settings, compile separately.
 
   python benchmarks/bench_protect.py [--photo=PATH] [--steps=N] [--config=robust] [--repeat=5]
-      [--installed_encoders=none]
+      [--installed_encoders=none] [--flipped_kernels=false]
 Default photo: ../shared/faces/n000050_A_0003_01.png (512x512, one face), else skimage's astronaut.
 Reports: face finding (detection + landmarks + clean embedding), compile of the step program,
 per PGD step, whole protection (warm), and the step cost relative to the sum of the ensemble's
@@ -32,10 +32,18 @@ def main():
                     help="warm PGD runs, each followed by a round of the encoders' timings")
     ap.add_argument("--installed_encoders", default=None,
                     help="objective.installed_encoders ('none': dlib alone)")
+    ap.add_argument("--flipped_kernels", default="true", choices=("true", "false"),
+                    help="false: dlib's ResNet without its kernels' flipped copies (A/B of "
+                         "encoders/frozen_conv.py)")
     args = ap.parse_args()
     import importlib
 
     from idguardian_jax import images, protect, samples
+
+    if args.flipped_kernels == "false":
+        from idguardian_jax.encoders import dlib_resnet
+
+        dlib_resnet.derive = lambda net: {}  # load() then gives no 'derived' kernels
 
     path = args.photo if os.path.exists(args.photo) else samples.resolve("sample:astronaut")
     rgb = images.read_photo(path).rgb
