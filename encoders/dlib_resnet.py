@@ -84,14 +84,11 @@ class Conv(nn.Module):
         k = self.param("kernel", nn.initializers.lecun_normal(),
                        (self.kernel, self.kernel, x.shape[-1], self.features))
         b = self.param("bias", nn.initializers.zeros, (self.features,))
-        strides, p = (self.stride, self.stride), self.padding
-        pads = ((p, p), (p, p))
-        if self.has_variable("derived", "flipped"):
-            y = frozen_conv.conv2d(x, k, self.get_variable("derived", "flipped"), strides, pads)
-        else:
-            y = jax.lax.conv_general_dilated(x, k, strides, pads,
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + b
+        flipped = (self.get_variable("derived", "flipped")
+                   if self.has_variable("derived", "flipped") else None)
+        p = self.padding
+        return frozen_conv.convolve(x, k, flipped, (self.stride, self.stride),
+                                    ((p, p), (p, p))) + b
 
 
 class ConvAffine(nn.Module):
@@ -152,13 +149,11 @@ def apply(params: dict[str, Any], chips: jax.Array) -> jax.Array:
     """Descriptors of float32 RGB chips in [0, 1], shape (N, 150, 150, 3) -> (N, 128).
 
     `params` is what `load()` returns: {'net': flax variables, 'mean': (3,) array} and, from
-    `derive`, 'derived' (the kernels' flipped copies: a faster input gradient, same values).
+    `with_derived`, 'derived' (the kernels' flipped copies: a faster input gradient, same values).
     """
     chex.assert_rank(chips, 4)
     chex.assert_axis_dimension(chips, -1, 3)
-    variables = {"params": params["net"]}
-    if "derived" in params:
-        variables["derived"] = params["derived"]
+    variables = {"params": params["net"], "derived": params.get("derived", {})}
     return MODEL.apply(variables, preprocess(chips, params["mean"]))
 
 
@@ -174,6 +169,12 @@ def derive(net: dict[str, Any]) -> dict[str, Any]:
         elif (d := derive(sub)):
             out[name] = d
     return out
+
+
+def with_derived(params: dict[str, Any]) -> dict[str, Any]:
+    """params plus 'derived' (`derive` of its net, as jnp arrays): added wherever the weights are
+    loaded (`load`, a converted file's `from_tree`), never stored (`to_tree` drops it)."""
+    return dict(params, derived=jax.tree_util.tree_map(jnp.asarray, derive(params["net"])))
 
 
 def apply_uint8(params: dict[str, Any], chips_u8: np.ndarray) -> jax.Array:
@@ -275,13 +276,12 @@ def load(path: str | os.PathLike | None = None, use_cache: bool = True) -> dict[
     """Parameters from a dlib .dat file (default: the file bundled in face_recognition_models).
 
     Returns {'net': flax params pytree (jnp arrays), 'mean': (3,) float32, 'derived': the
-    kernels' flipped copies (`derive`; 22 MB)}. Raises
+    kernels' flipped copies (`with_derived`; 22 MB)}. Raises
     DlibFormatError naming the file and byte offset for a damaged or foreign file.
     """
     path = os.fspath(path) if path is not None else bundled.model_path(bundled.RESNET)
     tree, _ = cache.cached_parse(path, "dlib_resnet", _PARSER_VERSION, _parse, use_cache)
-    tree = dict(tree, derived=derive(tree["net"]))
-    return jax.tree_util.tree_map(jnp.asarray, tree)
+    return with_derived(jax.tree_util.tree_map(jnp.asarray, tree))
 
 
 def param_count(params: dict[str, Any]) -> int:
@@ -290,4 +290,6 @@ def param_count(params: dict[str, Any]) -> int:
 
 ENCODER = Encoder(
     name=NAME, chip_size=CHIP_SIZE, view="dlib", padding=CHIP_PADDING,
-    load=load, apply=apply, distance="euclidean", threshold=THRESHOLD, embed_dim=EMBED_DIM)
+    load=load, apply=apply, distance="euclidean", threshold=THRESHOLD, embed_dim=EMBED_DIM,
+    to_tree=lambda p: ({k: v for k, v in p.items() if k != "derived"}, {}),
+    from_tree=lambda tree, meta: with_derived(tree))

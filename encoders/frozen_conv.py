@@ -6,10 +6,11 @@ channels swapped. JAX's transpose rule derives that kernel from the forward one 
 program; the surrogates are arguments of the jitted step (not constants), so XLA:CPU flips and
 re-lays-out every kernel on every call. For dlib's ResNet (29 convolutions, 5.6 M weights) that is
 ~22 ms of CPU per step on a 2-core EPYC (jax.profiler: `transpose_copy_fusion`,
-`copy_reverse_fusion`), 10 ms of the 42 ms its forward+backward took (benchmarks/bench_dlib.py).
-`conv2d` takes the flipped kernel (`flip`, computed once when the weights are loaded) and uses it
-in its backward pass; the forward pass and the gradient's values are those of
-`lax.conv_general_dilated` (tests/test_dlib_resnet.py).
+`copy_reverse_fusion`), 10 ms of the 42 ms its forward+backward took; A/B of the PGD step:
+`benchmarks/bench_protect.py --flipped_kernels=false` (BENCHMARKS.md). `conv2d` takes the flipped
+kernel (`flip`, computed once when the weights are loaded) and uses it in its backward pass; the
+forward pass and the gradient's values are those of `lax.conv_general_dilated`
+(tests/test_frozen_conv.py, tests/test_dlib_resnet.py).
 
 Layouts: x NHWC, kernel HWIO, padding ((top, bottom), (left, right)) static.
 """
@@ -31,6 +32,15 @@ def flip(kernel) -> np.ndarray:
 
 def _forward(x, kernel, strides, padding):
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMS)
+
+
+def convolve(x: jax.Array, kernel: jax.Array, flipped: jax.Array | None,
+             strides: tuple[int, int], padding: tuple[tuple[int, int], tuple[int, int]]):
+    """The convolution; with `flipped` (flip(kernel)) its input gradient uses it (`conv2d`),
+    without, JAX's transpose rule derives it (randomly initialized params, tests)."""
+    if flipped is None:
+        return _forward(x, kernel, strides, padding)
+    return conv2d(x, kernel, flipped, strides, padding)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
