@@ -5,6 +5,10 @@ weights, how to embed [0, 1] RGB chips, its distance and its same-person thresho
 """
 from __future__ import annotations
 
+import functools
+
+import numpy as np
+
 from idguardian_jax.encoders.base import Encoder
 
 
@@ -41,6 +45,34 @@ def load_params(name: str, path: str | None = None):
                     f"{path}: a converted {stored or 'unknown'} checkpoint, not {name}")
             return enc.from_tree(jax.tree_util.tree_map(jnp.asarray, tree), meta)
     return enc.load(path) if path is not None else enc.load()
+
+
+def embed_uint8(name: str, params, chips: np.ndarray) -> np.ndarray:
+    """(N, embed_dim) float32 embeddings by encoder `name` of uint8 RGB chips (N, S, S, 3).
+
+    One compiled program per encoder and batch size; batches are padded to a power of two, so a
+    folder of photos compiles a handful of times. Not op by op: run eagerly, each of a network's
+    hundreds of operations is compiled on its first call and dispatched alone after; on a 2-core
+    CPU (2026-12-02) a first 1-chip embedding took 4.2 / 10.8 / 15.7 s eagerly for dlib /
+    mobileface / faceres against 1.2-1.6 s compiled, and a warm one 0.26 / 0.10 / 0.20 s against
+    0.018 / 0.002 / 0.023 s.
+    """
+    n = len(chips)
+    enc = get(name)
+    if n == 0:
+        return np.zeros((0, enc.embed_dim), np.float32)
+    size = 1 << (n - 1).bit_length()
+    padded = np.zeros((size,) + chips.shape[1:], np.uint8)
+    padded[:n] = chips
+    return np.asarray(_compiled_uint8(enc)(params, padded), np.float32)[:n]
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_uint8(enc: Encoder):
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(lambda params, chips: enc.apply(params, chips.astype(jnp.float32) / 255.0))
 
 
 def installed() -> list[str]:

@@ -116,8 +116,7 @@ class Protector:
 
     def embed_chips(self, name: str, chips: np.ndarray) -> np.ndarray:
         """(N, E) embeddings by encoder `name` of (N, S, S, 3) uint8 chips."""
-        enc = encoder_registry.get(name)
-        return np.asarray(enc.apply(self.models.params[name], chips.astype(np.float32) / 255))
+        return encoder_registry.embed_uint8(name, self.models.params[name], chips)
 
     def _diffusion_conditioning(self, rgb, chip_plans, plan) -> DiffusionTargets:
         """Per face, computed once per photo: for the deflection, the clean latents (F, 4, h, w)

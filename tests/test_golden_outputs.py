@@ -1,14 +1,15 @@
-"""Protected photos pixel-identical to those written before the code was split into its stages.
+"""Protected photos pixel-identical to a recorded run: a guard against unintended changes.
 
-The sha256 of idguardian-protect's outputs with configs/tiny.py on three shared photos were
-recorded with the code as it stood before the stage refactor (commit 15817c2, issue 14); the same
-photos protected now must give the same pixels (the files also embed the settings hash, which
-changes whenever a config field is added: the test compares the decoded pixels, whose hashes were
-taken from files byte-identical to 15817c2's). Byte identity holds only where the floating-point
-arithmetic is the same: a fingerprint (dlib's ResNet and its input gradient on a fixed chip,
-jitted) recorded with the hashes tells whether this machine computes as the recording one did;
-where it does not, the test is skipped with that reason (tests/test_dlib_resnet.py and the
-parity tests check those numbers to tolerance everywhere).
+The sha256 of idguardian-protect's outputs with configs/tiny.py on three shared photos were first
+recorded with the code before the stage refactor (commit 15817c2, issue 14) and held through it;
+they were recorded again when the clean embeddings became compiled programs (encoders.embed_uint8,
+whose last bits differ from op-by-op evaluation). A change that moves any output pixel must say
+so and record again. The test compares the decoded pixels (the files also embed the settings
+hash, which changes whenever a config field is added). Byte identity holds only where the
+floating-point arithmetic is the same: a fingerprint (dlib's ResNet and its input gradient on a
+fixed chip, jitted) recorded with the hashes tells whether this machine computes as the
+recording one did; where it does not, the test is skipped with that reason
+(tests/test_dlib_resnet.py and the parity tests check those numbers to tolerance everywhere).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_outputs_are_byte_identical_to_before_the_refactor(faces_dir, tmp_path):
         pytest.skip(f"this machine's float32 results differ from the recording machine's "
                     f"(fingerprint {here[:12]} vs {gold['fingerprint'][:12]}): byte identity "
                     f"is only defined where the arithmetic is the same")
-    inputs = [(os.path.join(faces_dir, name), name) for name in sorted(gold["sha256"])]
+    inputs = [(os.path.join(faces_dir, name), name) for name in sorted(gold["pixels_sha256"])]
     protect.protect_files(inputs, str(tmp_path / "out"), tiny.get_config(), progress=False)
     got = {}
     for name in gold["pixels_sha256"]:

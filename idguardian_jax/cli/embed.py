@@ -63,9 +63,7 @@ def embed_paths(inputs: list[tuple[str, str]], aligned: bool = False, upsample: 
         params = encoders.load_params(encoder, checkpoint)
 
     def embed(chips_u8):
-        if encoder == "dlib_resnet":
-            return analyze.describe_chips(params, chips_u8)
-        return np.asarray(enc.apply(params, np.asarray(chips_u8, np.float32) / 255.0))
+        return encoders.embed_uint8(encoder, params, np.asarray(chips_u8, np.uint8))
 
     records = []
     for open_path, report_path in inputs:

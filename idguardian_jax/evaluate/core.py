@@ -23,10 +23,8 @@ import sys
 import threading
 import time
 from concurrent import futures
-from typing import Callable, Sequence
+from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from idguardian_jax import encoders as encoder_registry
@@ -100,7 +98,6 @@ class Evaluator:
             self.lpips = lpips.load(lpips_weights)
             self.lpips_note = f"LPIPS ({self.lpips.net}) from {lpips_weights}"
         self._detections: collections.OrderedDict = collections.OrderedDict()
-        self._apply: dict[str, Callable] = {}
         self.timings: dict[str, float] = collections.defaultdict(float)
         self._lock = threading.Lock()
 
@@ -154,20 +151,9 @@ class Evaluator:
         return measure.chip(encoder_registry.get(name), rgb, face)
 
     def embed(self, name: str, chips: np.ndarray) -> np.ndarray:
-        """(N, E) float32 embeddings of (N, S, S, 3) uint8 chips (batches padded to powers of 2)."""
+        """(N, E) float32 embeddings of (N, S, S, 3) uint8 chips (encoders.embed_uint8)."""
         t = time.perf_counter()
-        if name == "dlib_resnet":
-            out = analyze.describe_chips(self.params[name], chips)
-        else:
-            n = len(chips)
-            size = 1 << max(0, (n - 1).bit_length())
-            padded = np.zeros((size,) + chips.shape[1:], np.uint8)
-            padded[:n] = chips
-            if name not in self._apply:
-                enc = encoder_registry.get(name)
-                self._apply[name] = jax.jit(
-                    lambda p, x: enc.apply(p, x.astype(jnp.float32) / 255.0))
-            out = np.asarray(self._apply[name](self.params[name], padded))[:n]
+        out = encoder_registry.embed_uint8(name, self.params[name], chips)
         self._tick("embed", t)
         return np.asarray(out, np.float32)
 

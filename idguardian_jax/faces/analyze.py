@@ -8,10 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from idguardian_jax import encoders as encoder_registry
 from idguardian_jax.encoders import dlib_resnet
 from idguardian_jax.faces import align, detect, detect_regions, landmarks
 
@@ -63,23 +62,9 @@ class FaceModels:
         return self.predictor68
 
 
-@jax.jit
-def _describe_chips(params, chips_u8):
-    return dlib_resnet.apply_uint8(params, chips_u8)
-
-
 def describe_chips(params: dict, chips: np.ndarray) -> np.ndarray:
-    """Descriptors (N, 128) float32 of uint8 chips (N, 150, 150, 3).
-
-    Batches are padded to a power of two so a folder of photos compiles a handful of times.
-    """
-    n = len(chips)
-    if n == 0:
-        return np.zeros((0, dlib_resnet.EMBED_DIM), np.float32)
-    size = 1 << (n - 1).bit_length()
-    padded = np.zeros((size,) + chips.shape[1:], np.uint8)
-    padded[:n] = chips
-    return np.asarray(_describe_chips(params, jnp.asarray(padded)))[:n]
+    """Descriptors (N, 128) float32 of uint8 chips (N, 150, 150, 3) (encoders.embed_uint8)."""
+    return encoder_registry.embed_uint8("dlib_resnet", params, chips)
 
 
 def face_from_landmarks(image_shape, box, score, points) -> Face:
