@@ -15,6 +15,7 @@ the batch it is in, the order of the inputs, or the number of devices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import sys
 import time
@@ -38,6 +39,13 @@ from idguardian_jax.results import FaceReport, PhotoResult
 default_config = settings.default_config
 __all__ = ["FaceReport", "Models", "PhotoResult", "Protector", "UsageError", "default_config",
            "protect", "protect_files"]
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(fn):
+    """fn as one compiled program (per shape), for the per-photo conditioning: run op by op, a
+    VAE and a CLIP tower compile each of their operations on first use (encoders.embed_uint8)."""
+    return jax.jit(fn)
 
 
 def photo_key(rgb: np.ndarray, seed: int) -> np.ndarray:
@@ -130,14 +138,14 @@ class Protector:
         if self.cfg.deflection is not None:
             plans = [chip_plans["clip_vit"][int(i)] for i in plan.slot_faces["clip_vit"]]
             chips = np.stack([align.extract_chip(rgb, p, "round") for p in plans]).astype(np.float32) / 255
-            z0, tokens = deflection.clean_conditioning(dp, chips)
+            z0, tokens = _compiled(deflection.clean_conditioning)(dp, chips)
             out.update(z0=np.asarray(z0), tokens=np.asarray(tokens))
         b = self.cfg.objective.baseline
         if b is not None and b.kind == "photoguard":
             gs = plan.groups[b.view]
             f, size = sum(g.count for g in gs), gs[0].rows
             gray = np.full((f, size, size, 3), float(self.config.diffusion.photoguard_target), np.float32)
-            out["z_target"] = np.asarray(vae.encode(dp.vae, gray))
+            out["z_target"] = np.asarray(_compiled(vae.encode)(dp.vae, gray))
         return DiffusionTargets(**out)
 
     def _dummy_conditioning(self, groups: dict) -> DiffusionTargets:
