@@ -286,3 +286,21 @@ def test_gradient_samples_average_the_random_draws(tiny):
     mean = np.mean([np.asarray(f(delta, k)[1]) for k in keys], axis=0)
     np.testing.assert_allclose(np.asarray(gs4), mean, rtol=1e-4, atol=1e-7)
     assert not np.allclose(np.asarray(gs1), np.asarray(g1), rtol=1e-3)  # the spectrum draw acts
+
+
+def test_embed_uint8_is_apply_on_padded_batches(tiny):
+    """encoders.embed_uint8: apply on chips / 255, each row independent of the batch it is in,
+    batches padded to a power of two (3 and 4 chips: one compiled program), an empty batch."""
+    enc, params = tiny
+    chips = np.random.default_rng(5).integers(0, 256, (3, CHIP, CHIP, 3), dtype=np.uint8)
+    got = encoders.embed_uint8(NAME, params, chips)
+    assert got.shape == (3, EMBED) and got.dtype == np.float32
+    want = np.asarray(_apply(params, jnp.asarray(chips, jnp.float32) / 255.0))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(encoders.embed_uint8(NAME, params, chips[1:2])[0], got[1],
+                               rtol=1e-5, atol=1e-6)
+    fn = encoders._compiled_uint8(enc)
+    before = fn._cache_size()
+    encoders.embed_uint8(NAME, params, np.concatenate([chips, chips[:1]]))  # 4 chips: as 3
+    assert fn._cache_size() == before
+    assert encoders.embed_uint8(NAME, params, chips[:0]).shape == (0, EMBED)
