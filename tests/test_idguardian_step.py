@@ -43,7 +43,7 @@ def test_one_step_matches_pytorch_restatement(models):
     x = rng.uniform(size=(1, S, S, 3)).astype(np.float32)
     x_adv = np.clip(x + rng.uniform(-8 / 255, 8 / 255, size=x.shape), 0, 1).astype(np.float32)
     t = np.array([417], np.int32)
-    z_clean, tokens_clean = deflection.clean_conditioning(p, jnp.asarray(x))
+    z_clean, tokens_clean = jax.jit(deflection.clean_conditioning)(p, jnp.asarray(x))
     noise = rng.standard_normal(z_clean.shape).astype(np.float32)
     ours = np.asarray(jax.jit(deflection.algorithm1_direction)(
         jnp.asarray(x_adv), jnp.asarray(x), p, fn_params, z_clean, tokens_clean,
@@ -64,6 +64,8 @@ def test_one_step_matches_pytorch_restatement(models):
     assert scale > 0
     assert not (differ & large).any()
     assert err <= 1e-2 * scale
-    stepped = deflection.algorithm1_step(jnp.asarray(x_adv), jnp.asarray(x), p, fn_params, z_clean,
-                                         tokens_clean, jnp.asarray(t), jnp.asarray(noise))
+    # jitted, as the calls above (op by op, the UNet and the encoders cost 26 s more on 2 cores)
+    stepped = jax.jit(deflection.algorithm1_step)(jnp.asarray(x_adv), jnp.asarray(x), p, fn_params,
+                                                  z_clean, tokens_clean, jnp.asarray(t),
+                                                  jnp.asarray(noise))
     assert float(jnp.abs(stepped - x).max()) <= 8 / 255 + 1e-6
