@@ -177,11 +177,6 @@ def with_derived(params: dict[str, Any]) -> dict[str, Any]:
     return dict(params, derived=jax.tree_util.tree_map(jnp.asarray, derive(params["net"])))
 
 
-def apply_uint8(params: dict[str, Any], chips_u8: np.ndarray) -> jax.Array:
-    """Descriptors of uint8 RGB chips (N, 150, 150, 3), as dlib computes them from a chip."""
-    return apply(params, jnp.asarray(chips_u8, jnp.float32) / 255.0)
-
-
 # ------------------------------------------------------------------------------------------
 # Loading the upstream .dat file
 # ------------------------------------------------------------------------------------------
