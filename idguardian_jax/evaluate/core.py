@@ -155,7 +155,7 @@ class Evaluator:
         t = time.perf_counter()
         out = encoder_registry.embed_uint8(name, self.params[name], chips)
         self._tick("embed", t)
-        return np.asarray(out, np.float32)
+        return out
 
     # -- one photo -----------------------------------------------------------------------------
     def evaluate_pair(self, path: str, clean: np.ndarray, protected: np.ndarray,

@@ -62,11 +62,6 @@ class FaceModels:
         return self.predictor68
 
 
-def describe_chips(params: dict, chips: np.ndarray) -> np.ndarray:
-    """Descriptors (N, 128) float32 of uint8 chips (N, 150, 150, 3) (encoders.embed_uint8)."""
-    return encoder_registry.embed_uint8("dlib_resnet", params, chips)
-
-
 def face_from_landmarks(image_shape, box, score, points) -> Face:
     details = align.face_chip_details(points, dlib_resnet.CHIP_SIZE, dlib_resnet.CHIP_PADDING)
     return Face(tuple(int(v) for v in box), score, np.asarray(points, np.float64), details,
@@ -138,7 +133,7 @@ def describe(image: np.ndarray, faces: list[Face], models: FaceModels) -> list[F
     """Fill each face's descriptor from its dlib chip of `image`."""
     if faces:
         chips = np.stack([align.extract_chip(image, f.plan) for f in faces])
-        for f, d in zip(faces, describe_chips(models.resnet, chips)):
+        for f, d in zip(faces, encoder_registry.embed_uint8("dlib_resnet", models.resnet, chips)):
             f.descriptor = d
     return faces
 
