@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from idguardian_jax.checkpoints import bundled, dlib_format, dlib_shape_predictor
+from idguardian_jax.checkpoints import bundled, dlib_format, dlib_runs, dlib_shape_predictor
 
 
 def test_integer_encoding():
@@ -237,7 +237,7 @@ def test_lane_chain_matches_a_walk(block_len):
         while q < len(st):
             ref.append(q)
             q += int(st[q])
-        assert dlib_format._lane_chain(steps, block_len).tolist() == ref
+        assert dlib_runs.lane_chain(steps, block_len).tolist() == ref
 
 
 # -- shape predictors: the bulk path gives what the value-by-value path gives ---------------------

@@ -11,7 +11,8 @@ import os
 
 import numpy as np
 
-from idguardian_jax.checkpoints.dlib_format import DlibFormatError, Reader, dlib_floats
+from idguardian_jax.checkpoints.dlib_format import DlibFormatError, Reader
+from idguardian_jax.checkpoints.dlib_runs import dlib_floats
 
 
 @dataclasses.dataclass
