@@ -102,6 +102,10 @@ VARIANTS: dict[str, dict] = {
     "ssa": {"objective.transfer.spectrum_rho": 0.5},
     "ssa4": {"objective.transfer.spectrum_rho": 0.5, "objective.transfer.samples": 4},
     "samples4": {"objective.transfer.samples": 4},
+    "exact": {"attack.l2_projection": "exact"},
+    "rms": {"attack.optimizer": "rms", "attack.l2_projection": "exact"},
+    "rms_nomask": {"attack.optimizer": "rms", "attack.l2_projection": "exact",
+                   "objective.face_mask_margin": -1.0},
     "thr_f0_m50": {"objective.transfer.balance": "threshold", "objective.transfer.threshold_floor": 0.0,
                    "objective.transfer.threshold_margin": 0.5},
 }

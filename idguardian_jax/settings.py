@@ -140,13 +140,17 @@ FIELDS: dict[str, Field] = {
     "budget_psnr": Field("floor on the whole photo's PSNR in dB (0: off)", number(0)),
     "attack.steps": Field("PGD steps", integer(1)),
     "attack.step_size": Field("step size on [0, 1] pixels", number(0, 1, lo_open=True)),
-    "attack.optimizer": Field("'sign' (PGD) or 'adam'", choice("sign", "adam")),
+    "attack.optimizer": Field("'sign' (PGD), 'rms' (gradient steps of a sign step's size) or "
+                              "'adam'", choice("sign", "rms", "adam")),
     "attack.schedule": Field("step-size schedule", choice("constant", "cosine", "linear")),
     "attack.final_fraction": Field("last step size / first, for decaying schedules",
                                    number(0, 1)),
     "attack.random_start": Field("start from a random point of the budget", boolean),
     "attack.momentum": Field("MI-FGSM momentum decay of sign steps (0: off); a transfer "
                              "technique", number(0, 1, hi_open=True)),
+    "attack.l2_projection": Field("where the PSNR floor binds: 'scale' every pixel down alike, or "
+                                  "'exact' (the Euclidean projection: small changes go first)",
+                                  choice("scale", "exact")),
     "attack.loop": Field("'scan' (one jit), 'host' (jitted step), 'auto'",
                          choice("scan", "host", "auto")),
     "objective.encoders": Field("(encoder name, weight) pairs the perturbation is aimed at",
@@ -324,7 +328,8 @@ def engine_config(config) -> engine.EngineConfig:
         pgd=pgd.PGDConfig(eps=float(config.budget), steps=int(a.steps), step_size=float(a.step_size),
                           optimizer=a.optimizer, schedule=a.schedule,
                           final_fraction=float(a.final_fraction), random_start=bool(a.random_start),
-                          momentum=float(a.get("momentum", 0.0))),
+                          momentum=float(a.get("momentum", 0.0)),
+                          l2_projection=str(a.get("l2_projection", "scale"))),
         objective=objective.ObjectiveConfig(
             encoders=encoders_of(config),
             objective="decoy" if o.decoy_photo else "away",
